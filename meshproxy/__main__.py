@@ -1,0 +1,3 @@
+from meshproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""HTTP/1.1 pieces shared by both parser backends: connection-header handling and serialising.
+
+Serialisation follows Envoy's HTTP/1 encoder (``codec_impl.cc`` ``encodeHeadersBase``): names
+are written lower-case as stored, ``host`` comes first on requests (it is ``:authority``), and
+framing headers come last: ``transfer-encoding: chunked`` for a body of unknown length, and an
+explicit ``content-length: 0`` for a header-only message, except on requests whose method defines
+no body (GET, HEAD, DELETE, TRACE) and on 1xx/204/304 responses (RFC 9110 §8.6).
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+CRLF = b"\r\n"
+CHUNK_END = b"0\r\n\r\n"
+_NO_BODY_METHODS = frozenset((b"GET", b"HEAD", b"DELETE", b"TRACE", b"CONNECT"))
+
+REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s\r\n" % (code, phrase) for code, phrase in REASONS.items()}
+
+
+def reason(status: int) -> bytes:
+    return REASONS.get(status, b"Unknown")
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason(status))
+    return line
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def encode_response_head(resp, chunked: bool, end_stream: bool, head_request: bool = False) -> bytes:
+    parts = [status_line(resp.status)]
+    for n, v in resp.headers:
+        parts.append(n + b": " + v + CRLF)
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif end_stream and resp.content_length < 0 and not head_request:
+        s = resp.status
+        if s >= 200 and s != 204 and s != 304:
+            parts.append(b"content-length: 0\r\n")
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+def encode_request_head(req, chunked: bool, end_stream: bool) -> bytes:
+    parts = [req.method, b" ", req.path, b" HTTP/1.1\r\n"]
+    if req.authority is not None:
+        parts.append(b"host: " + req.authority + CRLF)
+    for n, v in req.headers:
+        parts.append(n + b": " + v + CRLF)
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    elif end_stream and req.content_length < 0 and req.method not in _NO_BODY_METHODS:
+        parts.append(b"content-length: 0\r\n")
+    parts.append(CRLF)
+    return b"".join(parts)
+
+
+class ConnectionHeaderState:
+    """Collects the hop-by-hop and framing headers of one message while it is parsed.
+
+    ``take(name, value)`` is called for the headers in ``SPECIAL`` and says whether the header
+    stays in the forwarded list. ``apply`` then sets framing fields on the message and removes
+    headers nominated by ``Connection`` (RFC 9110 §7.6.1).
+    """
+
+    __slots__ = ("tokens", "te_chunked", "te_bad", "upgrade", "content_length", "expect_continue",
+                 "cl_count")
+
+    def __init__(self):
+        self.tokens = None
+        self.te_chunked = False
+        self.te_bad = False
+        self.upgrade = None
+        self.content_length = -1
+        self.expect_continue = False
+        self.cl_count = 0
+
+    def take(self, name: bytes, value: bytes):
+        """False: drop the header; True: keep it; bytes: keep it with this value."""
+        if name == b"content-length":
+            self.cl_count += 1
+            try:
+                self.content_length = int(value)
+            except ValueError:
+                self.content_length = -2
+            return True
+        if name == b"connection":
+            toks = [t.strip().lower() for t in value.split(b",")]
+            self.tokens = toks if self.tokens is None else self.tokens + toks
+            return False
+        if name == b"transfer-encoding":
+            if value.strip().lower() == b"chunked":
+                self.te_chunked = True
+            else:
+                self.te_bad = True
+            return False
+        if name == b"te":
+            # Only "trailers" may travel on (RFC 9110 §10.1.4; Envoy keeps just that token).
+            return b"trailers" if b"trailers" in value.lower() else False
+        if name == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self.expect_continue = True
+                return False
+            return True
+        if name == b"upgrade":
+            self.upgrade = value
+            return False
+        return False  # keep-alive, proxy-connection
+
+    def apply(self, msg, keep_alive: bool) -> None:
+        msg.keep_alive = keep_alive
+        msg.content_length = self.content_length
+        msg.chunked = None if self.te_bad else self.te_chunked
+        toks = self.tokens
+        if self.expect_continue:
+            msg.expect_continue = True
+        if toks is not None:
+            if self.upgrade is not None and b"upgrade" in toks:
+                msg.upgrade = self.upgrade
+            nominated = [t for t in toks if t not in _CONNECTION_KEYWORDS]
+            if nominated:
+                msg.headers = [h for h in msg.headers if h[0] not in nominated]
+
+_CONNECTION_KEYWORDS = frozenset((b"close", b"keep-alive", b"upgrade", b"te", b""))

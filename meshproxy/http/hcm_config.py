@@ -1,0 +1,218 @@
+"""Translate ``envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager``
+into an immutable ``HcmConfig`` and its stats."""
+
+from __future__ import annotations
+
+import os
+
+from meshproxy.config import extensions
+from meshproxy.config.errors import ConfigError, join
+from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
+from meshproxy.http.codec import CodecLimits
+from meshproxy.stats import stat_block
+
+ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
+
+# Envoy's HCM stats (docs: configuration/http/http_conn_man/stats).
+HcmStats = stat_block(
+    "HcmStats",
+    counters=(
+        "downstream_cx_total", "downstream_cx_ssl_total", "downstream_cx_http1_total",
+        "downstream_cx_upgrades_total", "downstream_cx_http2_total", "downstream_cx_http3_total",
+        "downstream_cx_destroy", "downstream_cx_destroy_remote", "downstream_cx_destroy_local",
+        "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local_active_rq",
+        "downstream_cx_destroy_remote_active_rq", "downstream_cx_rx_bytes_total",
+        "downstream_cx_tx_bytes_total", "downstream_cx_drain_close", "downstream_cx_idle_timeout",
+        "downstream_cx_max_duration_reached", "downstream_cx_max_requests_reached",
+        "downstream_cx_overload_disable_keepalive", "downstream_cx_protocol_error",
+        "downstream_cx_delayed_close_timeout", "downstream_flow_control_paused_reading_total",
+        "downstream_flow_control_resumed_reading_total", "downstream_rq_total",
+        "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_http3_total",
+        "downstream_rq_response_before_rq_complete", "downstream_rq_rx_reset",
+        "downstream_rq_tx_reset", "downstream_rq_non_relative_path", "downstream_rq_too_large",
+        "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+        "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
+        "downstream_rq_header_timeout", "downstream_rq_idle_timeout",
+        "downstream_rq_max_duration_reached", "downstream_rq_ws_on_non_ws_route",
+        "downstream_rq_redirected_with_normalized_path", "downstream_rq_failed_path_normalization",
+        "downstream_rq_overload_close", "rs_too_large",
+        # router filter stats share the http.<prefix>. scope in Envoy
+        "no_route", "no_cluster", "rq_direct_response", "rq_redirect", "rq_total",
+        "rq_reset_after_downstream_response_started", "rq_retry_skipped_request_not_complete",
+        "passthrough_internal_redirect_bad_location",
+    ),
+    gauges=("downstream_cx_active", "downstream_cx_ssl_active", "downstream_cx_http1_active",
+            "downstream_cx_upgrades_active", "downstream_cx_http2_active",
+            "downstream_cx_http3_active", "downstream_cx_rx_bytes_buffered",
+            "downstream_cx_tx_bytes_buffered", "downstream_rq_active"),
+)
+
+_CODEC_TYPES = {0: "AUTO", 1: "HTTP1", 2: "HTTP2", 3: "HTTP3"}
+_SERVER_TRANSFORM = {0: "OVERWRITE", 1: "APPEND_IF_ABSENT", 2: "PASS_THROUGH"}
+_UNDERSCORES = {0: "ALLOW", 1: "REJECT_REQUEST", 2: "DROP_HEADER"}
+
+
+class HttpFilterFactory:
+    """A configured HTTP filter; ``create(stream)`` makes its per-stream instance."""
+
+    __slots__ = ("name", "config", "create")
+
+    def __init__(self, name, config, create):
+        self.name = name
+        self.config = config
+        self.create = create
+
+
+class HcmConfig:
+    __slots__ = ("stat_prefix", "codec_type", "codec_backend", "limits", "route_table",
+                 "rds_name", "server_name", "server_transform", "generate_request_id",
+                 "preserve_external_request_id", "always_set_request_id_in_response",
+                 "use_remote_address", "skip_xff_append", "xff_num_trusted_hops", "via",
+                 "idle_timeout", "stream_idle_timeout", "request_timeout",
+                 "request_headers_timeout", "max_stream_duration", "drain_timeout",
+                 "max_connection_duration", "max_requests_per_connection", "filters",
+                 "suppress_envoy_headers", "proxy_100_continue", "upgrade_types",
+                 "reject_fragment", "normalize_path", "merge_slashes", "stats", "terminal",
+                 "stats_listener_prefix", "internal_address_config", "proto")
+
+    def __init__(self, **kw):
+        for name in self.__slots__:
+            setattr(self, name, kw.get(name))
+
+
+def codec_backend() -> str:
+    """HTTP/1 parser backend: ``httptools`` (default) or ``h11``
+    (``MESHPROXY_HTTP1_CODEC=h11``)."""
+    v = os.environ.get("MESHPROXY_HTTP1_CODEC", "httptools").lower()
+    if v not in ("httptools", "h11"):
+        raise ConfigError("MESHPROXY_HTTP1_CODEC", f"unknown HTTP/1 codec '{v}' "
+                                                   f"(httptools or h11)")
+    return v
+
+
+def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
+    from meshproxy.router.route_config import build_route_table
+
+    if not h.stat_prefix:
+        raise ConfigError(join(path, "stat_prefix"), "value length must be at least 1 characters")
+    which = h.WhichOneof("route_specifier")
+    table = None
+    rds_name = None
+    if which == "route_config":
+        table = build_route_table(h.route_config, join(path, "route_config"),
+                                  cluster_names=cluster_names, validate_clusters=True)
+    elif which == "rds":
+        rds_name = h.rds.route_config_name
+        raise ConfigError(join(path, "rds"), "RDS needs xDS, which meshproxy does not "
+                                             "support yet; use an inline route_config")
+    elif which is None:
+        raise ConfigError(path, "one of route_config, rds or scoped_routes is required")
+    else:
+        raise ConfigError(join(path, which), f"{which} is not supported by meshproxy")
+
+    codec_type = _CODEC_TYPES.get(h.codec_type, "AUTO")
+    if codec_type in ("HTTP2", "HTTP3"):
+        raise ConfigError(join(path, "codec_type"), f"{codec_type} is not supported by "
+                                                    f"meshproxy yet")
+    hpo = h.http_protocol_options
+    cho = h.common_http_protocol_options
+    max_kb = wrapped(h, "max_request_headers_kb", 60)
+    if not 0 < max_kb <= 8192:
+        raise ConfigError(join(path, "max_request_headers_kb"), "value must be inside range (0, 8192]")
+    limits = CodecLimits(
+        max_request_headers_kb=max_kb,
+        max_headers_count=wrapped(cho, "max_headers_count", 100),
+        accept_http_10=hpo.accept_http_10,
+        default_host_for_http_10=hpo.default_host_for_http_10.encode(),
+        allow_absolute_url=wrapped(hpo, "allow_absolute_url", True),
+        headers_with_underscores=_UNDERSCORES.get(cho.headers_with_underscores_action, "ALLOW"),
+        enable_trailers=hpo.enable_trailers,
+    )
+    filters, suppress, terminal = _http_filters(h, path)
+    upgrade_types = {u.upgrade_type.lower(): wrapped(u, "enabled", True) for u in h.upgrade_configs}
+    return HcmConfig(
+        stat_prefix=h.stat_prefix,
+        codec_type=codec_type,
+        codec_backend=codec_backend(),
+        limits=limits,
+        route_table=table,
+        rds_name=rds_name,
+        server_name=(h.server_name or "envoy").encode(),
+        server_transform=_SERVER_TRANSFORM.get(h.server_header_transformation, "OVERWRITE"),
+        generate_request_id=wrapped(h, "generate_request_id", True),
+        preserve_external_request_id=h.preserve_external_request_id,
+        always_set_request_id_in_response=h.always_set_request_id_in_response,
+        use_remote_address=wrapped(h, "use_remote_address", False),
+        skip_xff_append=h.skip_xff_append,
+        xff_num_trusted_hops=h.xff_num_trusted_hops,
+        via=h.via.encode() if h.via else None,
+        idle_timeout=duration(cho, "idle_timeout", 3600.0) or None,
+        stream_idle_timeout=duration(h, "stream_idle_timeout", 300.0) or None,
+        request_timeout=duration(h, "request_timeout", 0.0) or None,
+        request_headers_timeout=duration(h, "request_headers_timeout", 0.0) or None,
+        max_stream_duration=duration(cho, "max_stream_duration", 0.0) or None,
+        drain_timeout=duration(h, "drain_timeout", 5.0),
+        max_connection_duration=duration(cho, "max_connection_duration", 0.0) or None,
+        max_requests_per_connection=wrapped(cho, "max_requests_per_connection", 0),
+        filters=filters,
+        suppress_envoy_headers=suppress,
+        proxy_100_continue=h.proxy_100_continue,
+        upgrade_types=upgrade_types,
+        reject_fragment=True,
+        normalize_path=wrapped(h, "normalize_path", False),
+        merge_slashes=h.merge_slashes,
+        stats=None,
+        terminal=terminal,
+        proto=h,
+    )
+
+
+def _http_filters(h, path):
+    """Configured HTTP filters before the router, and the router's options."""
+    filters = []
+    suppress = False
+    terminal = None
+    n = len(h.http_filters)
+    for i, f in enumerate(h.http_filters):
+        fpath = f"{join(path, 'http_filters')}[{i}]"
+        typed = None
+        if f.HasField("typed_config"):
+            typed = unpack_any(f.typed_config, join(fpath, "typed_config"))
+        tname = typed.DESCRIPTOR.full_name if typed is not None and \
+            not isinstance(typed, UnknownExtension) else None
+        if tname == ROUTER_TYPE or (typed is None and f.name == "envoy.filters.http.router"):
+            if i != n - 1:
+                raise ConfigError(fpath, "The router filter must be the last filter in the "
+                                         "http filter chain")
+            terminal = "router"
+            if typed is not None:
+                suppress = typed.suppress_envoy_headers
+            continue
+        if f.disabled:
+            continue
+        factory = _known_http_filter(f.name, typed, fpath)
+        if factory is not None:
+            filters.append(factory)
+            continue
+        extensions.unimplemented("HTTP filter", f.name, typed, f.is_optional, fpath)
+    if terminal is None:
+        if n:
+            raise ConfigError(join(path, "http_filters"), "the last HTTP filter must be "
+                                                          "envoy.filters.http.router")
+        terminal = "router"  # Envoy: an empty filter list means just the router
+    return tuple(filters), suppress, terminal
+
+
+def _known_http_filter(name, typed, path):
+    """HTTP filters meshproxy implements (besides the router). None: not implemented."""
+    return None
+
+
+def default_hcm_config(stat_prefix: str, route_table) -> HcmConfig:
+    """An HCM config built in code (the admin listener), with Envoy's defaults."""
+    return HcmConfig(
+        stat_prefix=stat_prefix, codec_type="HTTP1", codec_backend="httptools",
+        limits=CodecLimits(), route_table=route_table, server_name=b"envoy",
+        server_transform="OVERWRITE", generate_request_id=False, idle_timeout=3600.0,
+        stream_idle_timeout=300.0, drain_timeout=5.0, filters=(), upgrade_types={},
+        reject_fragment=True, terminal="admin", max_requests_per_connection=0)

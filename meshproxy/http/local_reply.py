@@ -1,0 +1,76 @@
+"""The one place that maps a failure to the reply the client gets (STYLE.md §6).
+
+Each entry gives Envoy's status, body, response flag and response-code details, as Envoy 1.40
+sends them (bodies checked against it in tests/oracle). The connection manager turns an entry
+into a response with ``content-length`` and ``content-type: text/plain`` when there is a body.
+"""
+
+from __future__ import annotations
+
+from meshproxy.http.headers import ResponseHeaders
+
+
+class Reply:
+    __slots__ = ("status", "body", "flag", "details", "overloaded")
+
+    def __init__(self, status: int, body: bytes, flag: str, details: str,
+                 overloaded: bool = False):
+        self.status = status
+        self.body = body
+        self.flag = flag
+        self.details = details
+        self.overloaded = overloaded
+
+
+NO_ROUTE = Reply(404, b"", "NR", "route_not_found")
+CLUSTER_NOT_FOUND = Reply(503, b"", "NC", "cluster_not_found")
+NO_HEALTHY_UPSTREAM = Reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
+UPSTREAM_TIMEOUT = Reply(504, b"upstream request timeout", "UT", "upstream_response_timeout")
+STREAM_IDLE_TIMEOUT = Reply(408, b"stream timeout", "SI", "stream_idle_timeout")
+REQUEST_TIMEOUT = Reply(408, b"request timeout", "", "request_overall_timeout")
+UPGRADE_FAILED = Reply(403, b"", "", "upgrade_failed")
+MISSING_HOST = Reply(400, b"", "", "missing_host_header")
+INVALID_PATH = Reply(400, b"", "", "path_normalization_failed")
+OVERFLOW = Reply(503, b"upstream connect error or disconnect/reset before headers. "
+                      b"reset reason: overflow", "UO", "upstream_reset_before_response_started",
+                 overloaded=True)
+MAINTENANCE = Reply(503, b"maintenance mode", "UMSDR", "maintenance_mode")
+
+
+def upstream_reset(reason: str, transport_detail: str = "", retried: bool = False) -> Reply:
+    """503 for an upstream that failed before response headers (Envoy's router
+    ``onUpstreamReset``): flag UF for connect failures, UC for terminations, UR otherwise."""
+    lead = b"upstream connect error or disconnect/reset before headers. "
+    lead += b"retried and the latest reset reason: " if retried else b"reset reason: "
+    body = lead + reason.encode()
+    if transport_detail and retried:
+        body += b", transport failure reason: " + transport_detail.encode()
+    if reason == "remote connection failure" or reason == "connection timeout":
+        flag = "UF"
+    elif reason == "connection termination":
+        flag = "UC"
+    elif reason == "overflow":
+        flag = "UO"
+    else:
+        flag = "UR"
+    return Reply(503, body, flag, "upstream_reset_before_response_started{" +
+                 reason.replace(" ", "_") + "}")
+
+
+def codec_error(status: int, details: str) -> Reply:
+    from meshproxy.http.h1_common import reason
+    return Reply(status, reason(status), "DPE", details)
+
+
+def response_for(reply: Reply, body: bytes | None = None) -> tuple[ResponseHeaders, bytes]:
+    """Headers and body of a local reply. ``body`` overrides the entry's body."""
+    b = reply.body if body is None else body
+    headers = []
+    resp = ResponseHeaders(reply.status, headers)
+    if b:
+        headers.append((b"content-length", b"%d" % len(b)))
+        headers.append((b"content-type", b"text/plain"))
+        resp.content_length = len(b)
+    if reply.overloaded:
+        headers.append((b"x-envoy-overloaded", b"true"))
+    return resp, b

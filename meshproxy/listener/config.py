@@ -1,0 +1,173 @@
+"""Translate ``envoy.config.listener.v3.Listener`` into ``ListenerConfig`` and its filter chains.
+
+For now a listener serves one filter chain without match criteria (or its
+``default_filter_chain``); filter-chain matching, listener filters and original-destination
+hand-off come with transparent interception. Network filters: ``http_connection_manager`` and
+``tcp_proxy`` are terminal; telemetry filters Istio adds in front of them are skipped
+(``config.extensions``).
+"""
+
+from __future__ import annotations
+
+from meshproxy.config import extensions
+from meshproxy.config.errors import ConfigError, join
+from meshproxy.config.protos import UnknownExtension, unpack_any, wrapped
+from meshproxy.stats import stat_block
+from meshproxy.upstream.cluster_config import socket_address
+
+HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+ListenerStats = stat_block(
+    "ListenerStats",
+    counters=("downstream_cx_total", "downstream_cx_destroy", "downstream_cx_overflow",
+              "downstream_cx_overload_reject", "downstream_global_cx_overflow",
+              "downstream_pre_cx_timeout", "downstream_listener_filter_remote_close",
+              "downstream_listener_filter_error", "no_filter_chain_match",
+              "extension_config_missing", "network_extension_config_missing"),
+    gauges=("downstream_cx_active", "downstream_pre_cx_active"),
+)
+
+
+class FilterChain:
+    __slots__ = ("name", "kind", "config", "ctx")
+
+    def __init__(self, name, kind, config):
+        self.name = name
+        self.kind = kind      # "http" or "tcp"
+        self.config = config  # HcmConfig or TcpProxyConfig
+        self.ctx = None       # server context, set when the listener is started
+
+    def create_filter(self, conn):
+        if self.kind == "http":
+            from meshproxy.http.conn_manager import HttpConnectionManager
+            return HttpConnectionManager(self.config, conn, self.ctx)
+        from meshproxy.network.tcp_proxy import TcpProxy
+        return TcpProxy(self.config, conn, self.ctx)
+
+
+class ListenerConfig:
+    __slots__ = ("name", "address", "unix", "stat_name", "chains", "default_chain", "buffer_limit",
+                 "bind_to_port", "reuse_port", "backlog", "traffic_direction", "transparent",
+                 "freebind", "ipv4_compat", "proto")
+
+    def __init__(self, **kw):
+        for n in self.__slots__:
+            setattr(self, n, kw.get(n))
+
+    def select_filter_chain(self, conn):
+        chains = self.chains
+        if len(chains) == 1:
+            return chains[0]
+        return self.default_chain
+
+    def all_chains(self):
+        out = list(self.chains)
+        if self.default_chain is not None:
+            out.append(self.default_chain)
+        return out
+
+
+def listener_stat_name(address, unix: bool, stat_prefix: str) -> str:
+    """Envoy names listener stats by ``stat_prefix`` or by address with ':' -> '_'
+    (``listener.0.0.0.0_15001.``, ``listener.[__1]_80.``)."""
+    if stat_prefix:
+        return stat_prefix
+    if unix:
+        return str(address).replace(":", "_")
+    host, port = address
+    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return text.replace(":", "_")
+
+
+def _empty_match(fcm) -> bool:
+    return fcm.ByteSize() == 0
+
+
+def build_filter_chain(fc, path: str, cluster_names) -> FilterChain:
+    if fc.HasField("transport_socket"):
+        ts = fc.transport_socket
+        url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
+        if url and url != RAW_BUFFER:
+            raise ConfigError(join(path, "transport_socket"),
+                              f"transport socket {url} is not supported by meshproxy yet")
+    if not fc.filters:
+        raise ConfigError(join(path, "filters"), "a filter chain needs at least one network "
+                                                 "filter")
+    terminal = None
+    n = len(fc.filters)
+    for i, f in enumerate(fc.filters):
+        fpath = f"{join(path, 'filters')}[{i}]"
+        typed = unpack_any(f.typed_config, join(fpath, "typed_config")) \
+            if f.HasField("typed_config") else None
+        tname = typed.DESCRIPTOR.full_name if typed is not None and \
+            not isinstance(typed, UnknownExtension) else None
+        if tname == HCM_TYPE:
+            if i != n - 1:
+                raise ConfigError(fpath, "http_connection_manager must be the last network filter")
+            from meshproxy.http.hcm_config import build_hcm_config
+            terminal = ("http", build_hcm_config(typed, join(fpath, "typed_config"),
+                                                 cluster_names=cluster_names))
+        elif tname == TCP_PROXY_TYPE:
+            if i != n - 1:
+                raise ConfigError(fpath, "tcp_proxy must be the last network filter")
+            from meshproxy.network.tcp_proxy import build_tcp_proxy_config
+            terminal = ("tcp", build_tcp_proxy_config(typed, join(fpath, "typed_config"),
+                                                      cluster_names))
+        else:
+            extensions.unimplemented("network filter", f.name, typed, False, fpath)
+    if terminal is None:
+        raise ConfigError(join(path, "filters"), "no terminal network filter "
+                                                 "(http_connection_manager or tcp_proxy) "
+                                                 "that meshproxy implements")
+    return FilterChain(fc.name, terminal[0], terminal[1])
+
+
+def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
+    if not lst.HasField("address"):
+        if lst.HasField("internal_listener") or lst.HasField("api_listener"):
+            raise ConfigError(path, "internal and API listeners are not supported by meshproxy")
+        raise ConfigError(join(path, "address"), "value is required")
+    address, unix = socket_address(lst.address, join(path, "address"))
+    if lst.use_original_dst.value if lst.HasField("use_original_dst") else False:
+        raise ConfigError(join(path, "use_original_dst"),
+                          "original destination hand-off is not supported yet")
+    for i, lf in enumerate(lst.listener_filters):
+        typed = unpack_any(lf.typed_config, f"{join(path, 'listener_filters')}[{i}]") \
+            if lf.HasField("typed_config") else None
+        extensions.unimplemented("listener filter", lf.name, typed, True,
+                                 f"{join(path, 'listener_filters')}[{i}]")
+    chains = []
+    for i, fc in enumerate(lst.filter_chains):
+        cpath = f"{join(path, 'filter_chains')}[{i}]"
+        if not _empty_match(fc.filter_chain_match):
+            raise ConfigError(join(cpath, "filter_chain_match"),
+                              "filter_chain_match criteria are not supported yet")
+        chains.append(build_filter_chain(fc, cpath, cluster_names))
+    if len(chains) > 1:
+        raise ConfigError(join(path, "filter_chains"), "multiple filter chains with the same "
+                                                       "matching rules are defined")
+    default = None
+    if lst.HasField("default_filter_chain"):
+        default = build_filter_chain(lst.default_filter_chain,
+                                     join(path, "default_filter_chain"), cluster_names)
+    if not chains and default is None:
+        raise ConfigError(join(path, "filter_chains"), "no filter chains specified")
+    return ListenerConfig(
+        name=lst.name or listener_stat_name(address, unix, ""),
+        address=address,
+        unix=unix,
+        stat_name=listener_stat_name(address, unix, lst.stat_prefix),
+        chains=tuple(chains),
+        default_chain=default,
+        buffer_limit=wrapped(lst, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        bind_to_port=wrapped(lst, "bind_to_port", True),
+        reuse_port=wrapped(lst, "enable_reuse_port", True),
+        backlog=wrapped(lst, "tcp_backlog_size", 1024),
+        traffic_direction=lst.traffic_direction,
+        transparent=wrapped(lst, "transparent", False),
+        freebind=wrapped(lst, "freebind", False),
+        ipv4_compat=lst.address.socket_address.ipv4_compat,
+        proto=lst,
+    )

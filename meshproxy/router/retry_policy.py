@@ -1,0 +1,65 @@
+"""``envoy.config.route.v3.RetryPolicy`` as an immutable object.
+
+Istio puts a retry policy on every route (``connect-failure,refused-stream,unavailable,
+cancelled,retriable-status-codes`` with 2 retries, previous_hosts predicate); it must load. The
+retry state machine that acts on it lives with the router.
+"""
+
+from __future__ import annotations
+
+from meshproxy.config.errors import ConfigError, join
+from meshproxy.config.protos import duration, wrapped
+
+# x-envoy-retry-on / retry_on values Envoy knows (router/retry_state_impl.cc).
+KNOWN_RETRY_ON = frozenset((
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+    "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
+    "retriable-headers", "http3-post-connect-failure",
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+))
+
+
+class RetryPolicy:
+    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
+                 "retriable_status_codes", "retriable_headers", "retriable_request_headers",
+                 "base_interval", "max_interval", "host_predicates",
+                 "host_selection_retry_max_attempts", "retry_priority")
+
+    def __init__(self, **kw):
+        for name in self.__slots__:
+            setattr(self, name, kw.get(name))
+
+    def __repr__(self):
+        return f"<RetryPolicy {','.join(sorted(self.retry_on))} x{self.num_retries}>"
+
+
+def parse_retry_on(value: str) -> frozenset:
+    """Comma-separated retry conditions; unknown ones are ignored, as Envoy ignores them."""
+    return frozenset(t.strip() for t in value.split(",") if t.strip() in KNOWN_RETRY_ON)
+
+
+def build_retry_policy(p, path: str) -> RetryPolicy:
+    base = duration(p.retry_back_off, "base_interval", 0.025) if p.HasField("retry_back_off") \
+        else 0.025
+    if base <= 0:
+        raise ConfigError(join(path, "retry_back_off.base_interval"), "value must be greater than 0s")
+    max_iv = duration(p.retry_back_off, "max_interval", base * 10) \
+        if p.HasField("retry_back_off") else base * 10
+    if max_iv < base:
+        raise ConfigError(join(path, "retry_back_off.max_interval"),
+                          "max_interval must be greater than or equal to the base_interval")
+    preds = tuple(h.name for h in p.retry_host_predicate)
+    return RetryPolicy(
+        retry_on=parse_retry_on(p.retry_on),
+        num_retries=wrapped(p, "num_retries", 1),
+        per_try_timeout=duration(p, "per_try_timeout", None),
+        per_try_idle_timeout=duration(p, "per_try_idle_timeout", None),
+        retriable_status_codes=frozenset(p.retriable_status_codes),
+        retriable_headers=tuple(p.retriable_headers),
+        retriable_request_headers=tuple(p.retriable_request_headers),
+        base_interval=base,
+        max_interval=max_iv,
+        host_predicates=preds,
+        host_selection_retry_max_attempts=p.host_selection_retry_max_attempts or 1,
+        retry_priority=p.retry_priority.name if p.HasField("retry_priority") else None,
+    )

@@ -1,0 +1,242 @@
+"""Translate ``envoy.config.cluster.v3.Cluster`` into an immutable ``ClusterConfig``."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from meshproxy.config.errors import ConfigError, join
+from meshproxy.config.protos import duration, unpack_any, wrapped, UnknownExtension
+
+CLUSTER_TYPES = {0: "STATIC", 1: "STRICT_DNS", 2: "LOGICAL_DNS", 3: "EDS", 4: "ORIGINAL_DST"}
+LB_POLICIES = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 2: "RING_HASH", 3: "RANDOM", 5: "MAGLEV",
+               6: "CLUSTER_PROVIDED", 7: "LOAD_BALANCING_POLICY_CONFIG"}
+SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED")
+DNS_FAMILIES = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
+HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+@dataclasses.dataclass(frozen=True)
+class Thresholds:
+    """Circuit breaker thresholds for one priority (Envoy defaults: 1024/1024/1024/3)."""
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    track_remaining: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EndpointConfig:
+    address: object          # (ip, port) or pipe path
+    unix: bool
+    hostname: str
+    weight: int
+    health_status: int
+    priority: int
+    locality: tuple          # (region, zone, sub_zone)
+    locality_weight: int
+    metadata: object
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    stat_name: str
+    type: str
+    connect_timeout: float
+    lb_policy: str
+    endpoints: tuple
+    thresholds: Thresholds
+    high_thresholds: Thresholds
+    buffer_limit: int
+    max_requests_per_connection: int
+    idle_timeout: float | None
+    max_connection_duration: float | None
+    http2: bool
+    use_downstream_protocol: bool
+    dns_refresh_rate: float
+    dns_failure_refresh_rate: float | None
+    respect_dns_ttl: bool
+    dns_family: str
+    source_address: tuple | None
+    panic_threshold: float
+    lr_choice_count: int
+    lr_active_request_bias: float
+    proto: object = dataclasses.field(compare=False, repr=False)
+
+
+def _thresholds(cb, path) -> tuple[Thresholds, Thresholds]:
+    default, high = Thresholds(), Thresholds()
+    for i, t in enumerate(cb.thresholds):
+        th = Thresholds(
+            max_connections=wrapped(t, "max_connections", 1024),
+            max_pending_requests=wrapped(t, "max_pending_requests", 1024),
+            max_requests=wrapped(t, "max_requests", 1024),
+            max_retries=wrapped(t, "max_retries", 3),
+            track_remaining=t.track_remaining,
+        )
+        if t.priority == 1:
+            high = th
+        else:
+            default = th
+    return default, high
+
+
+def socket_address(addr, path: str, *, allow_pipe: bool = True):
+    """``envoy.config.core.v3.Address`` -> ((ip, port), is_unix)."""
+    which = addr.WhichOneof("address")
+    if which == "socket_address":
+        sa = addr.socket_address
+        if sa.protocol != 0:
+            raise ConfigError(join(path, "socket_address.protocol"), "only TCP is supported")
+        if sa.WhichOneof("port_specifier") == "named_port":
+            raise ConfigError(join(path, "socket_address.named_port"), "named ports are not supported")
+        return (sa.address, sa.port_value), False
+    if which == "pipe" and allow_pipe:
+        return addr.pipe.path, True
+    if which is None:
+        raise ConfigError(path, "address is required")
+    raise ConfigError(join(path, which), f"{which} addresses are not supported")
+
+
+def _is_ip(s: str) -> bool:
+    try:
+        ipaddress.ip_address(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _endpoints(cla, path, ctype) -> tuple:
+    eps = []
+    for i, lle in enumerate(cla.endpoints):
+        lpath = f"{join(path, 'endpoints')}[{i}]"
+        loc = (lle.locality.region, lle.locality.zone, lle.locality.sub_zone)
+        lw = wrapped(lle, "load_balancing_weight", 1)
+        for j, lbe in enumerate(lle.lb_endpoints):
+            epath = f"{join(lpath, 'lb_endpoints')}[{j}]"
+            if lbe.WhichOneof("host_identifier") != "endpoint":
+                raise ConfigError(epath, "endpoint is required")
+            ep = lbe.endpoint
+            address, unix = socket_address(ep.address, join(epath, "endpoint.address"))
+            if ctype == "STATIC" and not unix and not _is_ip(address[0]):
+                raise ConfigError(join(epath, "endpoint.address.socket_address.address"),
+                                  f"malformed IP address: {address[0]}")
+            weight = wrapped(lbe, "load_balancing_weight", 1)
+            if weight < 1:
+                raise ConfigError(join(epath, "load_balancing_weight"), "value must be greater "
+                                                                        "than or equal to 1")
+            eps.append(EndpointConfig(address, unix, ep.hostname, weight, lbe.health_status,
+                                      lle.priority, loc, lw,
+                                      lbe.metadata if lbe.HasField("metadata") else None))
+    return tuple(eps)
+
+
+def build_cluster_config(c, path: str) -> ClusterConfig:
+    if not c.name:
+        raise ConfigError(join(path, "name"), "value length must be at least 1 characters")
+    if c.WhichOneof("cluster_discovery_type") == "cluster_type":
+        raise ConfigError(join(path, "cluster_type"),
+                          f"custom cluster type '{c.cluster_type.name}' is not supported")
+    ctype = CLUSTER_TYPES.get(c.type)
+    if ctype is None:
+        raise ConfigError(join(path, "type"), f"unknown cluster type {c.type}")
+    lb = LB_POLICIES.get(c.lb_policy, str(c.lb_policy))
+    if ctype == "ORIGINAL_DST" and lb != "CLUSTER_PROVIDED":
+        raise ConfigError(join(path, "lb_policy"), f"cluster: LB policy {lb} is not valid for "
+                                                   f"Cluster type ORIGINAL_DST. Only "
+                                                   f"'CLUSTER_PROVIDED' is allowed with cluster "
+                                                   f"type 'ORIGINAL_DST'")
+    if lb not in SUPPORTED_LB:
+        raise ConfigError(join(path, "lb_policy"), f"lb_policy {lb} is not supported by "
+                                                   f"meshproxy yet")
+    endpoints = ()
+    if c.HasField("load_assignment"):
+        endpoints = _endpoints(c.load_assignment, join(path, "load_assignment"), ctype)
+    if ctype == "LOGICAL_DNS" and len(endpoints) != 1:
+        raise ConfigError(join(path, "load_assignment"),
+                          "LOGICAL_DNS clusters must have a single locality_lb_endpoint and a "
+                          "single lb_endpoint")
+    if ctype in ("STRICT_DNS", "LOGICAL_DNS"):
+        for e in endpoints:
+            if e.unix:
+                raise ConfigError(join(path, "load_assignment"),
+                                  "DNS clusters cannot have pipe endpoints")
+    _check_transport_socket(c, path)
+    default_th, high_th = _thresholds(c.circuit_breakers, join(path, "circuit_breakers"))
+
+    # HTTP protocol options: the typed extension (what Istio sends) or the deprecated fields.
+    cho = c.common_http_protocol_options
+    http2 = c.HasField("http2_protocol_options")
+    use_downstream = False
+    opts_any = c.typed_extension_protocol_options.get(HTTP_OPTIONS_KEY)
+    if opts_any is not None:
+        opts = unpack_any(opts_any, join(path, f"typed_extension_protocol_options[{HTTP_OPTIONS_KEY}]"))
+        if not isinstance(opts, UnknownExtension):
+            if opts.HasField("common_http_protocol_options"):
+                cho = opts.common_http_protocol_options
+            which = opts.WhichOneof("upstream_protocol_options")
+            if which == "explicit_http_config":
+                http2 = opts.explicit_http_config.HasField("http2_protocol_options")
+            elif which == "use_downstream_protocol_config":
+                use_downstream = True
+            elif which == "auto_config":
+                http2 = False
+    max_rpc = wrapped(cho, "max_requests_per_connection", 0) or \
+        wrapped(c, "max_requests_per_connection", 0)
+
+    source = None
+    if c.HasField("upstream_bind_config") and c.upstream_bind_config.HasField("source_address"):
+        sa = c.upstream_bind_config.source_address
+        source = (sa.address, sa.port_value)
+    clb = c.common_lb_config
+    panic = clb.healthy_panic_threshold.value if clb.HasField("healthy_panic_threshold") else 50.0
+    lrc = c.least_request_lb_config
+    choice = wrapped(lrc, "choice_count", 2)
+    bias = lrc.active_request_bias.default_value if lrc.HasField("active_request_bias") else 1.0
+    return ClusterConfig(
+        name=c.name,
+        stat_name=c.alt_stat_name or c.name,
+        type=ctype,
+        connect_timeout=duration(c, "connect_timeout", 5.0),
+        lb_policy=lb,
+        endpoints=endpoints,
+        thresholds=default_th,
+        high_thresholds=high_th,
+        buffer_limit=wrapped(c, "per_connection_buffer_limit_bytes", 1024 * 1024),
+        max_requests_per_connection=max_rpc,
+        idle_timeout=duration(cho, "idle_timeout", 3600.0),
+        max_connection_duration=duration(cho, "max_connection_duration", None),
+        http2=http2,
+        use_downstream_protocol=use_downstream,
+        dns_refresh_rate=duration(c, "dns_refresh_rate", 5.0),
+        dns_failure_refresh_rate=duration(c.dns_failure_refresh_rate, "base_interval", None)
+        if c.HasField("dns_failure_refresh_rate") else None,
+        respect_dns_ttl=c.respect_dns_ttl,
+        dns_family=DNS_FAMILIES.get(c.dns_lookup_family, "AUTO"),
+        source_address=source,
+        panic_threshold=panic,
+        lr_choice_count=choice,
+        lr_active_request_bias=bias,
+        proto=c,
+    )
+
+
+RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+
+
+def _check_transport_socket(c, path):
+    """Fail closed: a cluster that asks for TLS must not be served in plaintext."""
+    if c.HasField("transport_socket"):
+        ts = c.transport_socket
+        url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
+        if url and url != RAW_BUFFER:
+            raise ConfigError(join(path, "transport_socket"),
+                              f"transport socket {url} is not supported by meshproxy yet")
+    for i, m in enumerate(c.transport_socket_matches):
+        ts = m.transport_socket
+        url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
+        if url and url != RAW_BUFFER:
+            raise ConfigError(f"{join(path, 'transport_socket_matches')}[{i}].transport_socket",
+                              f"transport socket {url} is not supported by meshproxy yet")

@@ -1,0 +1,86 @@
+"""The cluster manager: owns clusters by name, initialises DNS clusters before listeners start
+(as Envoy's cluster manager init does), and exposes ``cluster_manager.*`` stats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshproxy.stats import stat_block
+from meshproxy.upstream.cluster import Cluster
+from meshproxy.upstream.dns import DnsResolver
+from meshproxy.upstream.h1_pool import H1Pool
+
+log = logging.getLogger("meshproxy.upstream")
+
+ClusterManagerStats = stat_block(
+    "ClusterManagerStats",
+    counters=("cluster_added", "cluster_modified", "cluster_removed", "cluster_updated",
+              "cluster_updated_via_merge", "update_merge_cancelled", "update_out_of_merge_window"),
+    gauges=("active_clusters", "warming_clusters"),
+)
+
+
+class ClusterManager:
+    def __init__(self, loop, store):
+        self.loop = loop
+        self.store = store
+        self.clusters: dict[str, Cluster] = {}
+        self.stats = ClusterManagerStats()
+        self.stats.mark_used("active_clusters", "warming_clusters")
+        store.register("cluster_manager.", self.stats)
+
+    def _pool_factory(self, host, cluster):
+        return H1Pool(host, cluster, self.loop)
+
+    def add(self, config, added_via_api: bool = False) -> Cluster:
+        old = self.clusters.get(config.name)
+        cluster = Cluster(config, self.loop, self._pool_factory)
+        cluster.added_via_api = added_via_api
+        if old is not None:
+            self.remove(config.name, modified=True)
+            self.stats.cluster_modified += 1
+        else:
+            self.stats.cluster_added += 1
+        self.clusters[config.name] = cluster
+        self.stats.active_clusters = len(self.clusters)
+        prefix = f"cluster.{config.stat_name}."
+        self.store.register(prefix, cluster.stats)
+        cluster._stat_source = lambda c=cluster, p=prefix: c.stat_items(p)
+        self.store.add_source(cluster._stat_source)
+        if config.type in ("STRICT_DNS", "LOGICAL_DNS"):
+            cluster.dns = DnsResolver(cluster, self.loop)
+            cluster.dns.start()
+        return cluster
+
+    def remove(self, name: str, modified: bool = False) -> None:
+        cluster = self.clusters.pop(name, None)
+        if cluster is None:
+            return
+        cluster.close()
+        self.store.unregister(cluster.stats)
+        self.store.remove_source(cluster._stat_source)
+        if not modified:
+            self.stats.cluster_removed += 1
+        self.stats.active_clusters = len(self.clusters)
+
+    def get(self, name: str) -> Cluster | None:
+        return self.clusters.get(name)
+
+    async def initialize(self, timeout: float = 10.0) -> None:
+        """Wait for every DNS cluster's first resolution (bounded), like Envoy's secondary
+        cluster init before the listeners start."""
+        waits = [c.dns.first.wait() for c in self.clusters.values() if c.dns is not None]
+        if not waits:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), timeout)
+        except asyncio.TimeoutError:
+            log.warning("DNS clusters not resolved after %.0fs; starting anyway", timeout)
+
+    def close(self) -> None:
+        for c in self.clusters.values():
+            c.close()
+
+    def __repr__(self):
+        return f"<ClusterManager {len(self.clusters)} clusters>"
