@@ -9,6 +9,7 @@ from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
 from meshproxy.http.codec import CodecLimits
+from meshproxy.http.sanitize import build_internal_ranges
 from meshproxy.stats import stat_block
 
 ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
@@ -73,7 +74,7 @@ class HcmConfig:
                  "max_connection_duration", "max_requests_per_connection", "filters",
                  "suppress_envoy_headers", "proxy_100_continue", "upgrade_types",
                  "reject_fragment", "normalize_path", "merge_slashes", "stats", "terminal",
-                 "stats_listener_prefix", "internal_address_config", "proto")
+                 "internal_address_config", "proto")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -163,6 +164,8 @@ def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
         merge_slashes=h.merge_slashes,
         stats=None,
         terminal=terminal,
+        internal_address_config=build_internal_ranges(h.internal_address_config)
+        if h.HasField("internal_address_config") else (),
         proto=h,
     )
 
@@ -215,4 +218,5 @@ def default_hcm_config(stat_prefix: str, route_table) -> HcmConfig:
         limits=CodecLimits(), route_table=route_table, server_name=b"envoy",
         server_transform="OVERWRITE", generate_request_id=False, idle_timeout=3600.0,
         stream_idle_timeout=300.0, drain_timeout=5.0, filters=(), upgrade_types={},
-        reject_fragment=True, terminal="admin", max_requests_per_connection=0)
+        reject_fragment=True, terminal="admin", max_requests_per_connection=0,
+        internal_address_config=())

@@ -14,6 +14,7 @@ import time
 
 from meshproxy.http import local_reply
 from meshproxy.http.request_id import new_request_id
+from meshproxy.http.sanitize import sanitize
 from meshproxy.router.route_table import ADMIN, DIRECT_RESPONSE, REDIRECT, ROUTE
 
 _XFP = b"x-forwarded-proto"
@@ -112,6 +113,9 @@ class ActiveStream:
                     rid = v
                 elif n[:8] == b"x-envoy-":
                     req.envoy_headers = True
+        if req.envoy_headers or cfg.internal_address_config:
+            sanitize(req, self.conn, cfg)
+            h = req.headers
         if cfg.use_remote_address:
             # Edge proxy: this hop's own scheme and client address are authoritative.
             self._append_xff(req)
