@@ -181,6 +181,9 @@ class Upstream:
                 c.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
             except OSError:
                 pass
+        except OSError:
+            # The peer (the proxy) went away mid-reply, or the test stopped the server.
+            pass
         finally:
             try:
                 c.close()
