@@ -1,0 +1,1 @@
+"""meshproxy-iptables: the istio-init role (traffic capture rules for a sidecar)."""
