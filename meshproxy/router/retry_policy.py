@@ -39,15 +39,28 @@ def parse_retry_on(value: str) -> frozenset:
 
 
 def build_retry_policy(p, path: str) -> RetryPolicy:
-    base = duration(p.retry_back_off, "base_interval", 0.025) if p.HasField("retry_back_off") \
-        else 0.025
-    if base <= 0:
-        raise ConfigError(join(path, "retry_back_off.base_interval"), "value must be greater than 0s")
-    max_iv = duration(p.retry_back_off, "max_interval", base * 10) \
-        if p.HasField("retry_back_off") else base * 10
-    if max_iv < base:
-        raise ConfigError(join(path, "retry_back_off.max_interval"),
-                          "max_interval must be greater than or equal to the base_interval")
+    base = 0.025
+    max_iv = None
+    if p.HasField("retry_back_off"):
+        rb = p.retry_back_off
+        bpath = join(path, "retry_back_off")
+        # PGV: base_interval required and > 0; max_interval > 0 when set.
+        if not rb.HasField("base_interval"):
+            raise ConfigError(join(bpath, "base_interval"), "value is required")
+        base = duration(rb, "base_interval", base)
+        if base <= 0:
+            raise ConfigError(join(bpath, "base_interval"), "value must be greater than 0s")
+        max_iv = duration(rb, "max_interval", None)
+        if max_iv is not None:
+            if max_iv <= 0:
+                raise ConfigError(join(bpath, "max_interval"), "value must be greater than 0s")
+            if max_iv < base:
+                # RetryPolicyImpl: Envoy's own wording
+                raise ConfigError(join(bpath, "max_interval"),
+                                  "retry_policy.max_interval must greater than or equal to the "
+                                  "base_interval")
+    if max_iv is None:
+        max_iv = base * 10
     preds = tuple(h.name for h in p.retry_host_predicate)
     return RetryPolicy(
         retry_on=parse_retry_on(p.retry_on),

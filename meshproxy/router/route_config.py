@@ -1,8 +1,11 @@
 """Translate ``envoy.config.route.v3.RouteConfiguration`` into a ``RouteTable``.
 
-Validation follows what Envoy enforces at load time (``config_impl.cc`` and the PGV rules in
-``route_components.proto``): duplicate virtual host names and duplicate domains are errors, a
-domain may hold at most one ``*`` at its start or end, a route needs exactly one action.
+Validation is what Envoy 1.40 enforces at load time (``config_impl.cc`` and the PGV rules in
+``route_components.proto``), each rule checked against ``envoy --mode validate`` in
+tests/oracle/test_routing_oracle.py. Notable: duplicate domains (case-insensitive) and a second
+``*`` are errors, but duplicate virtual host names and odd wildcards (``a*b``, ``**``) are not;
+``weighted_clusters.total_weight`` is no longer checked; an unknown cluster is an error only
+when clusters are validated (default for an inline route configuration).
 """
 
 from __future__ import annotations
@@ -12,17 +15,37 @@ import os
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 from meshproxy.router.header_mutation import build_mutation
-from meshproxy.router.matchers import (build_header_matcher, build_query_matcher,
-                                       compile_regex)
+from meshproxy.router.matchers import (check_header_chars, regex_field, build_header_matcher,
+                                       build_query_matcher, compile_rewrite)
 from meshproxy.router.route_table import (
     CONNECT, DIRECT_RESPONSE, NON_FORWARDING, PATH, PREFIX, REDIRECT, REGEX, ROUTE, SEP_PREFIX,
     DirectResponse, Redirect, Route, RouteAction, RouteMatch, RouteTable, VirtualHost,
     WeightedCluster)
 
 DEFAULT_ROUTE_TIMEOUT = 15.0  # RouteAction.timeout default (route_components.proto)
+MAX_DIRECT_RESPONSE_BODY = 4096  # RouteConfiguration.max_direct_response_body_size_bytes default
 
 _REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 _NOT_FOUND_CODES = {0: 503, 1: 404, 2: 500}
+_UINT32_MAX = (1 << 32) - 1
+
+
+def _mutations(msg, path, response: bool):
+    if response:
+        return build_mutation(msg.response_headers_to_add, msg.response_headers_to_remove, path,
+                              "response_headers_to_add", "response_headers_to_remove", True)
+    return build_mutation(msg.request_headers_to_add, msg.request_headers_to_remove, path,
+                          "request_headers_to_add", "request_headers_to_remove")
+
+
+class _Ctx:
+    """What route building needs from the route configuration."""
+
+    __slots__ = ("cluster_names", "max_body")
+
+    def __init__(self, cluster_names, max_body):
+        self.cluster_names = cluster_names
+        self.max_body = max_body
 
 
 def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
@@ -30,15 +53,13 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
     table = RouteTable(rc.name)
     table.ignore_port = rc.ignore_port_in_host_matching
     table.most_specific_header_mutations_wins = rc.most_specific_header_mutations_wins
-    table.request_mutation = build_mutation(
-        rc.request_headers_to_add, rc.request_headers_to_remove, path,
-        "request_headers_to_add", "request_headers_to_remove")
-    table.response_mutation = build_mutation(
-        rc.response_headers_to_add, rc.response_headers_to_remove, path,
-        "response_headers_to_add", "response_headers_to_remove")
-    check_clusters = validate_clusters if not rc.HasField("validate_clusters") \
-        else rc.validate_clusters.value
-    seen_names = set()
+    if rc.vhost_header:
+        table.vhost_header = rc.vhost_header.lower().encode()
+    table.request_mutation = _mutations(rc, path, False)
+    table.response_mutation = _mutations(rc, path, True)
+    check = rc.validate_clusters.value if rc.HasField("validate_clusters") else validate_clusters
+    ctx = _Ctx(cluster_names if check else None,
+               wrapped(rc, "max_direct_response_body_size_bytes", MAX_DIRECT_RESPONSE_BODY))
     suffixes: dict[int, dict] = {}
     prefixes: dict[int, dict] = {}
     vhosts = []
@@ -46,16 +67,15 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
         vpath = f"{join(path, 'virtual_hosts')}[{i}]"
         if not vh_msg.name:
             raise ConfigError(join(vpath, "name"), "value length must be at least 1 characters")
-        if vh_msg.name in seen_names:
-            raise ConfigError(vpath, f"Only unique values for name are permitted. Duplicate "
-                                     f"entry of domain {vh_msg.name}")
-        seen_names.add(vh_msg.name)
         if not vh_msg.domains:
             raise ConfigError(join(vpath, "domains"), "value must contain at least 1 item(s)")
-        vh = _build_vhost(vh_msg, vpath, table, check_clusters and cluster_names)
+        vh = _build_vhost(vh_msg, vpath, table, ctx)
         vhosts.append(vh)
         for d_i, domain in enumerate(vh_msg.domains):
             dpath = f"{join(vpath, 'domains')}[{d_i}]"
+            check_header_chars(domain, dpath)
+            # RouteMatcher::RouteMatcher: "*" is the default; a leading "*" makes a suffix
+            # wildcard, a trailing one a prefix wildcard; anything else is exact. Lower-cased.
             d = domain.lower()
             if d == "*":
                 if table.default is not None:
@@ -63,10 +83,6 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
                                              f"route {rc.name}")
                 table.default = vh
                 continue
-            if "*" in d[1:-1] or (d.startswith("*") and d.endswith("*")):
-                raise ConfigError(dpath, f"Only unique values for domains are permitted and "
-                                         f"wildcards are allowed only at the start or end: "
-                                         f"'{domain}'")
             if d.startswith("*"):
                 bucket = suffixes.setdefault(len(d) - 1, {})
                 key = d[1:].encode()
@@ -78,32 +94,31 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
                 key = d.encode()
             if key in bucket:
                 raise ConfigError(dpath, f"Only unique values for domains are permitted. "
-                                         f"Duplicate entry of domain {domain}")
+                                         f"Duplicate entry of domain {d} in route {rc.name}")
             bucket[key] = vh
     table.suffixes = sorted(suffixes.items(), key=lambda kv: -kv[0])
     table.prefixes = sorted(prefixes.items(), key=lambda kv: -kv[0])
     table.vhosts = tuple(vhosts)
     table.only_default = table.default is not None and len(vhosts) == 1
+    for i, p in enumerate(rc.request_mirror_policies):
+        _check_mirror(p, f"{join(path, 'request_mirror_policies')}[{i}]", ctx)
     return table
 
 
-def _build_vhost(msg, path, table, cluster_names) -> VirtualHost:
+def _build_vhost(msg, path, table, ctx) -> VirtualHost:
     vh = VirtualHost(msg.name, tuple(msg.domains))
     vh.table = table
-    vh.request_mutation = build_mutation(msg.request_headers_to_add, msg.request_headers_to_remove,
-                                         path, "request_headers_to_add",
-                                         "request_headers_to_remove")
-    vh.response_mutation = build_mutation(msg.response_headers_to_add,
-                                          msg.response_headers_to_remove, path,
-                                          "response_headers_to_add", "response_headers_to_remove")
+    vh.request_mutation = _mutations(msg, path, False)
+    vh.response_mutation = _mutations(msg, path, True)
     vh.require_tls = msg.require_tls
     vh.include_attempt_count = msg.include_request_attempt_count
     if msg.HasField("retry_policy"):
         from meshproxy.router.retry_policy import build_retry_policy
         vh.retry_policy = build_retry_policy(msg.retry_policy, join(path, "retry_policy"))
     vh.typed_per_filter_config = dict(msg.typed_per_filter_config)
-    vh.routes = tuple(_build_route(r, f"{join(path, 'routes')}[{i}]", vh, cluster_names)
+    vh.routes = tuple(_build_route(r, f"{join(path, 'routes')}[{i}]", vh, ctx)
                       for i, r in enumerate(msg.routes))
+    vh.needs_random = any(r.match.runtime_fraction is not None for r in vh.routes)
     return vh
 
 
@@ -117,7 +132,10 @@ def _build_match(m, path) -> RouteMatch:
     grpc = m.HasField("grpc")
     fraction = None
     if m.HasField("runtime_fraction"):
-        dv = m.runtime_fraction.default_value
+        rf = m.runtime_fraction
+        if not rf.HasField("default_value"):
+            raise ConfigError(join(path, "runtime_fraction.default_value"), "value is required")
+        dv = rf.default_value
         fraction = (dv.numerator, (100, 10000, 1000000)[dv.denominator])
     common = dict(case_sensitive=cs, headers=headers, query=query, grpc=grpc,
                   runtime_fraction=fraction)
@@ -126,111 +144,120 @@ def _build_match(m, path) -> RouteMatch:
     if which == "path":
         return RouteMatch(PATH, m.path.encode(), **common)
     if which == "safe_regex":
-        return RouteMatch(REGEX, regex=compile_regex(m.safe_regex.regex,
-                                                     join(path, "safe_regex.regex")), **common)
+        return RouteMatch(REGEX, regex=regex_field(m.safe_regex, join(path, "safe_regex")),
+                          **common)
     if which == "path_separated_prefix":
         v = m.path_separated_prefix
-        if v.endswith("/") or "?" in v or "#" in v:
+        # PGV: pattern "^[^?#]+[^?#/]$"
+        if len(v) < 2 or "?" in v or "#" in v or v.endswith("/"):
             raise ConfigError(join(path, "path_separated_prefix"),
-                              "value must not end in '/' nor contain '?' or '#'")
+                              'value does not match regex pattern "^[^?#]+[^?#/]$"')
         return RouteMatch(SEP_PREFIX, v.encode(), **common)
     if which == "connect_matcher":
         return RouteMatch(CONNECT, **common)
     if which is None:
-        raise ConfigError(path, "route match needs one of prefix, path, safe_regex, "
-                                "path_separated_prefix, connect_matcher")
+        raise ConfigError(path, "value is required (one of prefix, path, safe_regex, "
+                                "path_separated_prefix, connect_matcher)")
     raise ConfigError(join(path, which), "path matcher not supported by meshproxy")
 
 
-def _build_route(r, path, vh, cluster_names) -> Route:
+def _build_route(r, path, vh, ctx) -> Route:
     if not r.HasField("match"):
         raise ConfigError(join(path, "match"), "value is required")
     match = _build_match(r.match, join(path, "match"))
     which = r.WhichOneof("action")
-    req_mut = build_mutation(r.request_headers_to_add, r.request_headers_to_remove, path,
-                             "request_headers_to_add", "request_headers_to_remove")
-    resp_mut = build_mutation(r.response_headers_to_add, r.response_headers_to_remove, path,
-                              "response_headers_to_add", "response_headers_to_remove")
+    req_mut = _mutations(r, path, False)
+    resp_mut = _mutations(r, path, True)
     if which == "route":
-        kind, action = ROUTE, _build_action(r.route, join(path, "route"), cluster_names)
+        kind, action = ROUTE, _build_action(r.route, join(path, "route"), ctx)
     elif which == "redirect":
         kind, action = REDIRECT, _build_redirect(r.redirect, join(path, "redirect"))
     elif which == "direct_response":
         kind, action = DIRECT_RESPONSE, _build_direct(r.direct_response,
-                                                      join(path, "direct_response"))
+                                                      join(path, "direct_response"), ctx)
     elif which == "non_forwarding_action":
         kind, action = NON_FORWARDING, None
     elif which is None:
-        raise ConfigError(path, "route needs one of route, redirect, direct_response")
+        raise ConfigError(path, "value is required (one of route, redirect, direct_response)")
     else:
         raise ConfigError(join(path, which), "route action not supported by meshproxy")
-    decorator = r.decorator.operation if r.HasField("decorator") else None
+    decorator = None
+    if r.HasField("decorator"):
+        if not r.decorator.operation:
+            raise ConfigError(join(path, "decorator.operation"),
+                              "value length must be at least 1 characters")
+        decorator = r.decorator.operation
     return Route(r.name, match, kind, action, req_mut, resp_mut, vh, decorator,
                  dict(r.typed_per_filter_config), r.metadata if r.HasField("metadata") else None)
 
 
-def _build_action(a, path, cluster_names) -> RouteAction:
+def _regex_substitution(m, path):
+    """``envoy.type.matcher.v3.RegexMatchAndSubstitute``: (compiled pattern, rewrite)."""
+    if not m.HasField("pattern"):
+        raise ConfigError(join(path, "pattern"), "value is required")
+    check_header_chars(m.substitution, join(path, "substitution"))
+    return regex_field(m.pattern, join(path, "pattern")), compile_rewrite(m.substitution)
+
+
+def _non_negative(msg, field, path):
+    if msg.HasField(field):
+        d = getattr(msg, field)
+        if d.seconds < 0 or d.nanos < 0:
+            # MessageUtil::validateDurationFields
+            raise ConfigError(join(path, field), "Invalid duration: Expected positive duration")
+
+
+def _build_action(a, path, ctx) -> RouteAction:
     which = a.WhichOneof("cluster_specifier")
+    names = ctx.cluster_names
     kw = {}
     if which == "cluster":
         if not a.cluster:
             raise ConfigError(join(path, "cluster"), "value length must be at least 1 characters")
         kw["cluster"] = a.cluster
-        if cluster_names is not None and a.cluster not in cluster_names:
+        if names is not None and a.cluster not in names:
             raise ConfigError(join(path, "cluster"), f"route: unknown cluster '{a.cluster}'")
     elif which == "cluster_header":
+        if not a.cluster_header:
+            raise ConfigError(join(path, "cluster_header"),
+                              "value length must be at least 1 characters")
+        check_header_chars(a.cluster_header, join(path, "cluster_header"))
         kw["cluster_header"] = a.cluster_header.lower().encode()
     elif which == "weighted_clusters":
-        wcs = []
-        for i, c in enumerate(a.weighted_clusters.clusters):
-            cpath = f"{join(path, 'weighted_clusters.clusters')}[{i}]"
-            if cluster_names is not None and c.name and c.name not in cluster_names:
-                raise ConfigError(join(cpath, "name"), f"route: unknown weighted cluster '{c.name}'")
-            weight = c.weight.value if c.HasField("weight") else 0
-            wcs.append(WeightedCluster(
-                c.name, weight,
-                build_mutation(c.request_headers_to_add, c.request_headers_to_remove, cpath,
-                               "request_headers_to_add", "request_headers_to_remove"),
-                build_mutation(c.response_headers_to_add, c.response_headers_to_remove, cpath,
-                               "response_headers_to_add", "response_headers_to_remove"),
-                c.host_rewrite_literal.encode() if c.host_rewrite_literal else None))
-        total = sum(w.weight for w in wcs)
-        if a.weighted_clusters.HasField("total_weight"):
-            declared = a.weighted_clusters.total_weight.value
-            if declared != total:
-                raise ConfigError(join(path, "weighted_clusters.total_weight"),
-                                  f"Sum of weights in the weighted_cluster must add up to "
-                                  f"{declared}")
-        if total == 0:
-            raise ConfigError(join(path, "weighted_clusters"),
-                              "Sum of weights in the weighted_cluster must be greater than 0")
-        wcs = [w for w in wcs if w.weight > 0]
-        kw["weighted"] = tuple(wcs)
-        kw["total_weight"] = total
+        _weighted(a.weighted_clusters, join(path, "weighted_clusters"), names, kw)
     elif which is None:
-        raise ConfigError(path, "route action needs one of cluster, cluster_header, "
-                                "weighted_clusters")
+        raise ConfigError(path, "value is required (one of cluster, cluster_header, "
+                                "weighted_clusters)")
     else:
         raise ConfigError(join(path, which), "cluster specifier not supported by meshproxy")
-    kw["cluster_not_found_status"] = _NOT_FOUND_CODES.get(a.cluster_not_found_response_code, 503)
+    if a.cluster_not_found_response_code not in _NOT_FOUND_CODES:
+        raise ConfigError(join(path, "cluster_not_found_response_code"),
+                          "value must be one of the defined enum values")
+    kw["cluster_not_found_status"] = _NOT_FOUND_CODES[a.cluster_not_found_response_code]
+    check_header_chars(a.prefix_rewrite, join(path, "prefix_rewrite"))
+    if a.prefix_rewrite and a.HasField("regex_rewrite"):
+        raise ConfigError(path, "Specify only one of prefix_rewrite, regex_rewrite or "
+                                "path_rewrite_policy")
     if a.prefix_rewrite:
         kw["prefix_rewrite"] = a.prefix_rewrite.encode()
     if a.HasField("regex_rewrite"):
-        rr = a.regex_rewrite
-        kw["regex_rewrite"] = (compile_regex(rr.pattern.regex, join(path, "regex_rewrite.pattern")),
-                               _re_substitution(rr.substitution))
+        kw["regex_rewrite"] = _regex_substitution(a.regex_rewrite, join(path, "regex_rewrite"))
     hw = a.WhichOneof("host_rewrite_specifier")
     if hw == "host_rewrite_literal":
-        kw["host_rewrite_literal"] = a.host_rewrite_literal.encode()
+        check_header_chars(a.host_rewrite_literal, join(path, "host_rewrite_literal"))
+        if a.host_rewrite_literal:
+            kw["host_rewrite_literal"] = a.host_rewrite_literal.encode()
     elif hw == "auto_host_rewrite":
         kw["auto_host_rewrite"] = a.auto_host_rewrite.value
     elif hw == "host_rewrite_header":
-        kw["host_rewrite_header"] = a.host_rewrite_header.lower().encode()
+        check_header_chars(a.host_rewrite_header, join(path, "host_rewrite_header"))
+        if a.host_rewrite_header:
+            kw["host_rewrite_header"] = a.host_rewrite_header.lower().encode()
     elif hw == "host_rewrite_path_regex":
-        h = a.host_rewrite_path_regex
-        kw["host_rewrite_path_regex"] = (compile_regex(h.pattern.regex,
-                                                       join(path, "host_rewrite_path_regex")),
-                                         _re_substitution(h.substitution))
+        kw["host_rewrite_path_regex"] = _regex_substitution(
+            a.host_rewrite_path_regex, join(path, "host_rewrite_path_regex"))
+    for f in ("timeout", "idle_timeout"):
+        _non_negative(a, f, path)
     kw["timeout"] = duration(a, "timeout", DEFAULT_ROUTE_TIMEOUT)
     kw["idle_timeout"] = duration(a, "idle_timeout", None)
     kw["append_x_forwarded_host"] = a.append_x_forwarded_host
@@ -239,18 +266,65 @@ def _build_action(a, path, cluster_names) -> RouteAction:
         kw["retry_policy"] = build_retry_policy(a.retry_policy, join(path, "retry_policy"))
     if a.HasField("max_stream_duration"):
         msd = a.max_stream_duration
+        for f in ("max_stream_duration", "grpc_timeout_header_max", "grpc_timeout_header_offset"):
+            _non_negative(msd, f, join(path, "max_stream_duration"))
         kw["max_stream_duration"] = duration(msd, "max_stream_duration", None)
         kw["grpc_timeout_header_max"] = duration(msd, "grpc_timeout_header_max", None)
+    for i, hp in enumerate(a.hash_policy):
+        if hp.WhichOneof("policy_specifier") is None:
+            raise ConfigError(f"{join(path, 'hash_policy')}[{i}]", "value is required")
     kw["hash_policy"] = tuple(a.hash_policy)
     kw["upgrade_configs"] = {u.upgrade_type.lower(): wrapped(u, "enabled", True)
                              for u in a.upgrade_configs}
     kw["priority"] = a.priority
+    for i, p in enumerate(a.request_mirror_policies):
+        _check_mirror(p, f"{join(path, 'request_mirror_policies')}[{i}]", ctx)
+    kw["request_mirror_policies"] = tuple(a.request_mirror_policies)
     return RouteAction(**kw)
 
 
-def _re_substitution(sub: str) -> bytes:
-    # RE2 substitutions use \1; Python's re uses \1 too (and \g<1>).
-    return sub.encode()
+def _check_mirror(p, path, ctx) -> None:
+    names = ctx.cluster_names
+    if p.cluster and names is not None and p.cluster not in names:
+        raise ConfigError(join(path, "cluster"), f"route: unknown shadow cluster '{p.cluster}'")
+
+
+def _weighted(wc_msg, path, names, kw) -> None:
+    """``WeightedClustersConfig``: each entry names a cluster or a cluster_header (exactly one)
+    and has a weight; the sum must be positive and fit in uint32. ``total_weight`` is
+    deprecated and no longer checked by Envoy 1.40."""
+    if not wc_msg.clusters:
+        raise ConfigError(join(path, "clusters"), "value must contain at least 1 item(s)")
+    wcs = []
+    total = 0
+    for i, c in enumerate(wc_msg.clusters):
+        cpath = f"{join(path, 'clusters')}[{i}]"
+        if c.name and c.cluster_header:
+            raise ConfigError(cpath, "Only one of name or cluster_header can be specified")
+        if not c.name and not c.cluster_header:
+            raise ConfigError(cpath, "At least one of name or cluster_header need to be "
+                                     "specified")
+        check_header_chars(c.cluster_header, join(cpath, "cluster_header"))
+        if not c.HasField("weight"):
+            raise ConfigError(join(cpath, "weight"), "Field 'weight' is missing")
+        if names is not None and c.name and c.name not in names:
+            raise ConfigError(join(cpath, "name"), f"route: unknown weighted cluster '{c.name}'")
+        check_header_chars(c.host_rewrite_literal, join(cpath, "host_rewrite_literal"))
+        total += c.weight.value
+        if total > _UINT32_MAX:
+            raise ConfigError(path, f"The sum of weights of all weighted clusters of route "
+                                    f"exceeds {_UINT32_MAX}")
+        w = WeightedCluster(c.name or None, c.weight.value, _mutations(c, cpath, False),
+                            _mutations(c, cpath, True),
+                            c.host_rewrite_literal.encode() if c.host_rewrite_literal else None)
+        w.cluster_header = c.cluster_header.lower().encode() if c.cluster_header else None
+        wcs.append(w)
+    if total == 0:
+        raise ConfigError(path, "Sum of weights in the weighted_cluster must be greater than 0.")
+    kw["weighted"] = tuple(w for w in wcs if w.weight > 0)
+    kw["total_weight"] = total
+    if wc_msg.header_name:
+        kw["weighted_header"] = wc_msg.header_name.lower().encode()
 
 
 def _build_redirect(r, path) -> Redirect:
@@ -258,51 +332,59 @@ def _build_redirect(r, path) -> Redirect:
     sw = r.WhichOneof("scheme_rewrite_specifier")
     if sw == "https_redirect" and r.https_redirect:
         kw["scheme"] = b"https"
-    elif sw == "scheme_redirect":
-        kw["scheme"] = r.scheme_redirect.lower().encode()
+    elif sw == "scheme_redirect" and r.scheme_redirect:
+        kw["scheme"] = r.scheme_redirect.encode()  # case kept, as Envoy does
+    check_header_chars(r.host_redirect, join(path, "host_redirect"))
     if r.host_redirect:
         kw["host"] = r.host_redirect.encode()
     if r.port_redirect:
         kw["port"] = r.port_redirect
     pw = r.WhichOneof("path_rewrite_specifier")
     if pw == "path_redirect":
-        kw["path"] = r.path_redirect.encode()
+        check_header_chars(r.path_redirect, join(path, "path_redirect"))
+        if r.path_redirect:
+            kw["path"] = r.path_redirect.encode()
     elif pw == "prefix_rewrite":
-        kw["prefix_rewrite"] = r.prefix_rewrite.encode()
+        check_header_chars(r.prefix_rewrite, join(path, "prefix_rewrite"))
+        if r.prefix_rewrite:
+            kw["prefix_rewrite"] = r.prefix_rewrite.encode()
     elif pw == "regex_rewrite":
-        kw["regex_rewrite"] = (compile_regex(r.regex_rewrite.pattern.regex,
-                                             join(path, "regex_rewrite.pattern")),
-                               _re_substitution(r.regex_rewrite.substitution))
-    kw["status"] = _REDIRECT_CODES.get(r.response_code, 301)
+        kw["regex_rewrite"] = _regex_substitution(r.regex_rewrite, join(path, "regex_rewrite"))
+    if r.response_code not in _REDIRECT_CODES:
+        raise ConfigError(join(path, "response_code"),
+                          "value must be one of the defined enum values")
+    kw["status"] = _REDIRECT_CODES[r.response_code]
     kw["strip_query"] = r.strip_query
     return Redirect(**kw)
 
 
-def _build_direct(d, path) -> DirectResponse:
+def _build_direct(d, path, ctx) -> DirectResponse:
     status = d.status
     if status < 200 or status >= 600:
         raise ConfigError(join(path, "status"), "value must be inside range [200, 600)")
     body = None
     if d.HasField("body"):
-        body = read_data_source(d.body, join(path, "body"))
+        body = read_data_source(d.body, join(path, "body"), ctx.max_body)
     return DirectResponse(status, body)
 
 
-MAX_DIRECT_RESPONSE_BODY = 4096  # Envoy's max_direct_response_body_size_bytes default
-
-
-def read_data_source(ds, path: str) -> bytes:
+def read_data_source(ds, path: str, limit: int = MAX_DIRECT_RESPONSE_BODY) -> bytes:
+    """``envoy.config.core.v3.DataSource`` for a direct response body, within ``limit``
+    (``max_direct_response_body_size_bytes``)."""
     which = ds.WhichOneof("specifier")
     if which == "inline_string":
         data = ds.inline_string.encode()
     elif which == "inline_bytes":
         data = ds.inline_bytes
     elif which == "filename":
+        if not ds.filename:
+            raise ConfigError(join(path, "filename"), "value length must be at least 1 "
+                                                      "characters")
         try:
             with open(ds.filename, "rb") as f:
                 data = f.read()
-        except OSError as exc:
-            raise ConfigError(join(path, "filename"), f"Invalid path: {ds.filename} ({exc.strerror})")
+        except OSError:
+            raise ConfigError(join(path, "filename"), f"file {ds.filename} does not exist")
     elif which == "environment_variable":
         v = os.environ.get(ds.environment_variable)
         if v is None:
@@ -310,8 +392,8 @@ def read_data_source(ds, path: str) -> bytes:
                               f"Environment variable doesn't exist: {ds.environment_variable}")
         data = v.encode()
     else:
-        return b""
-    if len(data) > MAX_DIRECT_RESPONSE_BODY:
-        raise ConfigError(path, f"response body size is {len(data)} bytes; maximum is "
-                                f"{MAX_DIRECT_RESPONSE_BODY}")
+        raise ConfigError(path, "value is required (one of filename, inline_bytes, "
+                                "inline_string, environment_variable)")
+    if limit and len(data) > limit:  # 0 lifts the limit (measured on Envoy 1.40)
+        raise ConfigError(path, f"response body size is {len(data)} bytes; maximum is {limit}")
     return data

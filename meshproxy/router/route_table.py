@@ -3,8 +3,15 @@
 Virtual hosts are chosen by ``:authority`` with Envoy's precedence
 (``source/common/router/config_impl.cc`` ``RouteMatcher::findVirtualHost``): exact domain, then
 suffix wildcards (``*.foo.com``, longest suffix first), then prefix wildcards (``foo.*``,
-longest prefix first), then ``*``. A wildcard matches at least one character. Routes inside a
-virtual host are tried in order; the first match wins.
+longest prefix first), then ``*``. A wildcard matches at least one character. The port is part
+of the host unless ``ignore_port_in_host_matching`` (then everything from the last ``:`` outside
+``[...]`` goes, as ``HeaderUtility::getPortStart``). Routes inside a virtual host are tried in
+order; the first match wins.
+
+Path matchers see the path without its query string and fragment (``PathMatcher::match`` ->
+``PathUtil::removeQueryAndFragment``). A CONNECT request matches only ``connect_matcher``
+routes. ``runtime_fraction`` and ``weighted_clusters`` use one random value per request, as
+Envoy's stream id does, so two 50% routes split traffic 50/50 rather than 50/25.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ def strip_query(path: bytes) -> bytes:
 
 class RouteMatch:
     __slots__ = ("kind", "value", "regex", "case_sensitive", "headers", "query", "grpc",
-                 "runtime_fraction")
+                 "runtime_fraction", "never")
 
     def __init__(self, kind, value=b"", regex=None, case_sensitive=True, headers=(), query=(),
                  grpc=False, runtime_fraction=None):
@@ -42,62 +49,81 @@ class RouteMatch:
         self.query = query
         self.grpc = grpc
         self.runtime_fraction = runtime_fraction
+        # A prefix holding '?' or '#' can never match a path stripped of query and fragment.
+        # Otherwise startswith() on the full path is the same test and needs no copy.
+        self.never = kind == PREFIX and (b"?" in value or b"#" in value)
 
-    def matches(self, req) -> bool:
-        k = self.kind
-        path = req.path
-        if k == PREFIX:
-            if self.case_sensitive:
-                if not path.startswith(self.value):
-                    return False
-            elif not path.lower().startswith(self.value):
+    def matches(self, req, random_value: int = 0) -> bool:
+        """Envoy ANDs runtime fraction, gRPC, headers, query parameters and path
+        (RouteEntryImplBase::matchRoute, then the path matcher); all are pure, so the cheap
+        path test goes first."""
+        if not self._path_matches(req):
+            return False
+        if self.runtime_fraction is not None:
+            num, den = self.runtime_fraction
+            # Runtime::SnapshotImpl::featureEnabled: random_value % denominator < numerator
+            if random_value % den >= num:
                 return False
-        elif k == PATH:
-            p = strip_query(path)
-            if (p if self.case_sensitive else p.lower()) != self.value:
-                return False
-        elif k == REGEX:
-            if self.regex.fullmatch(strip_query(path)) is None:
-                return False
-        elif k == SEP_PREFIX:
-            p = strip_query(path)
-            if not self.case_sensitive:
-                p = p.lower()
-            v = self.value
-            if not (p == v or (p.startswith(v) and p[len(v):len(v) + 1] == b"/")):
-                return False
-        elif k == CONNECT:
-            if req.method != b"CONNECT":
-                return False
-        if k != CONNECT and req.method == b"CONNECT" and k != ANY:
-            # CONNECT requests only match connect_matcher routes (Envoy).
+        if self.grpc and not is_grpc_request(req):
             return False
         if self.headers:
             for h in self.headers:
                 if not h.match(req):
                     return False
         if self.query:
-            params = parse_query(path)
+            params = parse_query(req.path)
             for q in self.query:
                 if not q.match(params):
                     return False
-        if self.grpc:
-            ct = req.get(b"content-type")
-            if ct is None or not ct.startswith(b"application/grpc"):
-                return False
-        if self.runtime_fraction is not None:
-            num, den = self.runtime_fraction
-            if random.randrange(den) >= num:
-                return False
         return True
+
+    def _path_matches(self, req) -> bool:
+        k = self.kind
+        if req.method == b"CONNECT":
+            # A CONNECT request matches only connect_matcher routes (ConnectRouteEntryImpl);
+            # ANY is meshproxy's own admin catch-all.
+            return k == CONNECT or k == ANY
+        path = req.path
+        if k == PREFIX:
+            if self.never:
+                return False
+            if self.case_sensitive:
+                return path.startswith(self.value)
+            return path[:len(self.value)].lower() == self.value
+        if k == PATH:
+            p = strip_query(path)
+            return (p if self.case_sensitive else p.lower()) == self.value
+        if k == REGEX:
+            return self.regex.fullmatch(strip_query(path)) is not None
+        if k == SEP_PREFIX:
+            p = strip_query(path)
+            if not self.case_sensitive:
+                p = p.lower()
+            v = self.value
+            return p == v or (p.startswith(v) and p[len(v):len(v) + 1] == b"/")
+        return k == ANY
+
+
+_GRPC = b"application/grpc"
+
+
+def is_grpc_request(req) -> bool:
+    """``Grpc::Common::isGrpcRequestHeaders``: content-type exactly ``application/grpc`` or
+    starting ``application/grpc+`` (so not ``application/grpc-web``), case-sensitive."""
+    ct = req.get(b"content-type")
+    if ct is None or not ct.startswith(_GRPC):
+        return False
+    return len(ct) == 16 or ct[16:17] == b"+"
 
 
 class WeightedCluster:
-    __slots__ = ("name", "weight", "request_mutation", "response_mutation", "host_rewrite")
+    __slots__ = ("name", "weight", "request_mutation", "response_mutation", "host_rewrite",
+                 "cluster_header")
 
     def __init__(self, name, weight, request_mutation=None, response_mutation=None,
-                 host_rewrite=None):
+                 host_rewrite=None, cluster_header=None):
         self.name = name
+        self.cluster_header = cluster_header  # ClusterWeight.cluster_header, lower-case bytes
         self.weight = weight
         self.request_mutation = request_mutation
         self.response_mutation = response_mutation
@@ -113,14 +139,23 @@ class RouteAction:
                  "host_rewrite_path_regex", "timeout", "idle_timeout", "retry_policy",
                  "max_stream_duration", "grpc_timeout_header_max", "hash_policy",
                  "append_x_forwarded_host", "upgrade_configs", "priority",
-                 "internal_redirect", "request_mirror_policies")
+                 "internal_redirect", "request_mirror_policies", "weighted_header")
 
     def __init__(self, **kw):
         for name in self.__slots__:
             setattr(self, name, kw.get(name))
 
-    def pick_weighted(self):
-        r = random.randrange(self.total_weight)
+    def pick_weighted(self, random_value: int | None = None, req=None):
+        """``WeightedClusterUtil::pickCluster``: ``random_value % total_weight`` walks the
+        cumulative weights. ``weighted_clusters.header_name`` supplies the value from a request
+        header when it holds an unsigned integer."""
+        if self.weighted_header is not None and req is not None:
+            v = req.get(self.weighted_header)
+            if v is not None and v.isdigit() and int(v) < 1 << 64:
+                random_value = int(v)
+        if random_value is None:
+            random_value = random.getrandbits(63)
+        r = random_value % self.total_weight
         acc = 0
         for wc in self.weighted:
             acc += wc.weight
@@ -170,7 +205,7 @@ class Route:
 class VirtualHost:
     __slots__ = ("name", "domains", "routes", "request_mutation", "response_mutation",
                  "retry_policy", "require_tls", "include_attempt_count", "table",
-                 "typed_per_filter_config")
+                 "typed_per_filter_config", "needs_random")
 
     def __init__(self, name, domains):
         self.name = name
@@ -183,10 +218,13 @@ class VirtualHost:
         self.include_attempt_count = False
         self.table = None
         self.typed_per_filter_config = {}
+        self.needs_random = False  # some route has a runtime_fraction
 
-    def route(self, req):
+    def route(self, req, random_value: int | None = None):
+        if random_value is None:
+            random_value = random.getrandbits(63) if self.needs_random else 0
         for r in self.routes:
-            if r.match.matches(req):
+            if r.match.matches(req, random_value):
                 return r
         return None
 
@@ -199,7 +237,7 @@ class RouteTable:
 
     __slots__ = ("name", "exact", "suffixes", "prefixes", "default", "only_default",
                  "ignore_port", "request_mutation", "response_mutation", "vhosts",
-                 "most_specific_header_mutations_wins", "version")
+                 "most_specific_header_mutations_wins", "version", "vhost_header")
 
     def __init__(self, name: str):
         self.name = name
@@ -214,13 +252,18 @@ class RouteTable:
         self.vhosts: tuple = ()
         self.most_specific_header_mutations_wins = False
         self.version = ""
+        self.vhost_header = None  # RouteConfiguration.vhost_header: match on it, not :authority
 
     def find_vhost(self, authority: bytes | None):
         if self.only_default:
             return self.default
-        host = (authority or b"").lower()
+        if authority is None:
+            return None
+        host = authority.lower()
         if self.ignore_port:
-            host = strip_port(host)
+            i = port_start(host)
+            if i >= 0:
+                host = host[:i]
         vh = self.exact.get(host)
         if vh is not None:
             return vh
@@ -238,13 +281,28 @@ class RouteTable:
         return self.default
 
     def route(self, req):
-        vh = self.find_vhost(req.authority)
+        if self.vhost_header is None:
+            vh = self.find_vhost(req.authority)
+        else:
+            vh = self.find_vhost(req.get_pseudo_or_header(self.vhost_header))
         if vh is None:
             return None
         return vh.route(req)
 
     def __repr__(self):
         return f"<RouteTable {self.name!r} {len(self.vhosts)} vhosts>"
+
+
+def port_start(host: bytes) -> int:
+    """``HeaderUtility::getPortStart``: index of the last ``:`` unless it sits inside an IPv6
+    literal's brackets (RFC 3986 §3.2.2), else -1. The port need not be digits."""
+    i = host.rfind(b":")
+    if i < 0:
+        return -1
+    j = host.rfind(b"]")
+    if j < 0 or j < i:
+        return i
+    return -1
 
 
 def strip_port(host: bytes) -> bytes:
