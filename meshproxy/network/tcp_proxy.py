@@ -4,7 +4,15 @@ Data that arrives before the upstream connects is held (reading pauses once it p
 buffer limit). Each direction has backpressure: when one side's write buffer passes its high
 watermark, reading from the other side pauses until it drains. Half-close is preserved: a FIN
 from one side is passed on as a FIN to the other (``write_eof``), and the connections close
-when both directions have ended (Envoy's tcp_proxy with half-close enabled).
+when both directions have ended (Envoy's tcp_proxy with half-close enabled). An upstream reset
+(RST) resets the downstream too; a connect failure closes the downstream after
+``max_connect_attempts``; ``idle_timeout`` (1 h by default) and
+``max_downstream_connection_duration`` close both sides.
+
+Stats are Envoy's (``tcp.<stat_prefix>.*``), and the cluster sees what Envoy's TCP connection
+pool reports: each proxied connection is one pending request while connecting
+(``upstream_rq_pending_total``) and one active request while connected (``upstream_rq_total``,
+``upstream_rq_active``), so its close counts ``upstream_cx_destroy_*_with_active_rq``.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
+import struct
 
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
@@ -19,16 +29,34 @@ from meshproxy.stats import stat_block
 
 log = logging.getLogger("meshproxy.filter")
 
+# Envoy 1.40's tcp_proxy stats (docs: configuration/listeners/network_filters/tcp_proxy_filter).
 TcpStats = stat_block(
     "TcpStats",
-    counters=("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_tx_bytes_total",
-              "downstream_cx_rx_bytes_total", "downstream_flow_control_paused_reading_total",
-              "downstream_flow_control_resumed_reading_total", "idle_timeout",
-              "max_downstream_connection_duration", "upstream_flush_total",
-              "on_demand_cluster_attempt", "on_demand_cluster_missing"),
+    counters=("downstream_cx_drain_close", "downstream_cx_no_route",
+              "downstream_cx_overload_close", "downstream_cx_rx_bytes_total",
+              "downstream_cx_total", "downstream_cx_tx_bytes_total",
+              "downstream_flow_control_paused_reading_total",
+              "downstream_flow_control_resumed_reading_total", "early_data_received_count_total",
+              "idle_timeout", "max_downstream_connection_duration", "route_delayed_total",
+              "upstream_flush_total"),
     gauges=("downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
             "upstream_flush_active"),
 )
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def _reset(transport) -> None:
+    """Close with RST rather than FIN (SO_LINGER 0), as Envoy's tcp_proxy passes a reset on.
+    TODO(owner of network/connection.py): a ``DownstreamConnection.reset()`` would keep this
+    socket option out of the filter."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    transport.abort()
 
 
 class TcpProxyConfig:
@@ -97,15 +125,19 @@ class _Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.closed = True
-        self.proxy.on_upstream_closed()
+        self.proxy.on_upstream_closed(exc)
 
     def pause_writing(self):
-        self.proxy.downstream.read_disable(True)
-        self.proxy.stats.downstream_flow_control_paused_reading_total += 1
+        p = self.proxy
+        p.downstream.read_disable(True)
+        p.stats.downstream_flow_control_paused_reading_total += 1
+        p.cluster.stats.upstream_flow_control_backed_up_total += 1
 
     def resume_writing(self):
-        self.proxy.downstream.read_disable(False)
-        self.proxy.stats.downstream_flow_control_resumed_reading_total += 1
+        p = self.proxy
+        p.downstream.read_disable(False)
+        p.stats.downstream_flow_control_resumed_reading_total += 1
+        p.cluster.stats.upstream_flow_control_drained_total += 1
 
 
 class TcpProxy:
@@ -115,6 +147,7 @@ class TcpProxy:
         self.config = config
         self.downstream = conn
         self.ctx = ctx
+        self.loop = ctx.loop
         self.stats = config.stats
         self.stats.downstream_cx_total += 1
         self.upstream: _Upstream | None = None
@@ -124,11 +157,13 @@ class TcpProxy:
         self.down_eof = False
         self.up_eof = False
         self.closing = False
+        self.remote_close = False   # the upstream ended the connection (its FIN came last)
         self.cluster = None
         self.host = None
         self.attempts = 0
-        self.last_activity = ctx.loop.time()
+        self.last_activity = self.loop.time()
         self.idle_handle = None
+        self.duration_handle = None
         name = config.pick_cluster()
         cluster = ctx.cluster_manager.get(name)
         if cluster is None:
@@ -138,9 +173,12 @@ class TcpProxy:
             self.closing = True
             return
         self.cluster = cluster
-        ctx.loop.create_task(self._connect())
+        self.loop.create_task(self._connect())
         if config.idle_timeout:
-            self.idle_handle = ctx.loop.call_later(config.idle_timeout, self._idle_check)
+            self.idle_handle = self.loop.call_later(config.idle_timeout, self._idle_check)
+        if config.max_duration:
+            self.duration_handle = self.loop.call_later(config.max_duration,
+                                                        self._duration_reached)
 
     async def _connect(self):
         cluster = self.cluster
@@ -156,38 +194,56 @@ class TcpProxy:
                 stats.upstream_cx_overflow += 1
                 break
             self.host = host
+            cluster.cb_used = True
             up = _Upstream(self)
+            hs = host.stats
+            # One pending "request" while connecting (Envoy's TCP pool), one connection.
+            cluster.pending_active += 1
+            stats.upstream_rq_pending_total += 1
+            stats.upstream_rq_pending_active += 1
+            hs.rq_pending_active += 1
             cluster.cx_active += 1
             stats.upstream_cx_total += 1
             stats.upstream_cx_active += 1
-            host.stats.cx_total += 1
-            host.stats.cx_active += 1
+            hs.cx_total += 1
+            hs.cx_active += 1
             try:
                 if host.unix:
-                    coro = self.ctx.loop.create_unix_connection(lambda: up, host.address)
+                    coro = self.loop.create_unix_connection(lambda: up, host.address)
                 else:
                     src = cfg.source_address
-                    coro = self.ctx.loop.create_connection(
+                    coro = self.loop.create_connection(
                         lambda: up, host.address[0], host.address[1],
                         local_addr=(src[0], 0) if src else None)
                 await asyncio.wait_for(coro, cfg.connect_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
+                self._pending_done(host)
+                stats.upstream_rq_pending_failure_eject += 1
                 cluster.cx_active -= 1
                 stats.upstream_cx_active -= 1
                 stats.upstream_cx_connect_fail += 1
                 stats.upstream_cx_destroy += 1
-                host.stats.cx_active -= 1
-                host.stats.cx_connect_fail += 1
+                hs.cx_active -= 1
+                hs.cx_connect_fail += 1
                 if isinstance(exc, asyncio.TimeoutError):
                     stats.upstream_cx_connect_timeout += 1
+                    stats.upstream_cx_destroy_local += 1
+                else:
+                    stats.upstream_cx_destroy_remote += 1
                 if self.attempts >= self.config.max_connect_attempts:
                     stats.upstream_cx_connect_attempts_exceeded += 1
                     break
                 continue
+            self._pending_done(host)
+            cluster.rq_active += 1
+            stats.upstream_rq_total += 1
+            stats.upstream_rq_active += 1
+            hs.rq_total += 1
+            hs.rq_active += 1
+            self.upstream = up
             if self.closing:
                 up.transport.close()
                 return
-            self.upstream = up
             limit = cfg.buffer_limit
             up.transport.set_write_buffer_limits(high=limit, low=limit // 2)
             pending, self.pending = self.pending, []
@@ -202,10 +258,16 @@ class TcpProxy:
         # No upstream: Envoy closes the downstream connection.
         self._close_all()
 
+    def _pending_done(self, host):
+        cluster = self.cluster
+        cluster.pending_active -= 1
+        cluster.stats.upstream_rq_pending_active -= 1
+        host.stats.rq_pending_active -= 1
+
     # ---------------------------------------------------------------- network filter API
 
     def on_data(self, data: bytes, end_stream: bool):
-        self.last_activity = self.ctx.loop.time()
+        self.last_activity = self.loop.time()
         if end_stream:
             self.down_eof = True
             up = self.upstream
@@ -213,8 +275,10 @@ class TcpProxy:
                 up.transport.write_eof()
             self._maybe_done()
             return True  # keep our write side open (half-close)
-        self.stats.downstream_cx_rx_bytes_total += len(data)
+        stats = self.stats
+        stats.downstream_cx_rx_bytes_total += len(data)
         if self.upstream is None:
+            stats.mark_used("downstream_cx_rx_bytes_buffered")
             self.pending.append(data)
             self.pending_bytes += len(data)
             if not self.pending_paused and \
@@ -230,7 +294,7 @@ class TcpProxy:
         self.upstream.transport.write(data)
 
     def on_upstream_data(self, data: bytes):
-        self.last_activity = self.ctx.loop.time()
+        self.last_activity = self.loop.time()
         self.cluster.stats.upstream_cx_rx_bytes_total += len(data)
         self.stats.downstream_cx_tx_bytes_total += len(data)
         self.downstream.write(data)
@@ -238,40 +302,61 @@ class TcpProxy:
     def on_upstream_eof(self):
         self.up_eof = True
         self.downstream.half_close()
+        if self.down_eof:
+            # Both directions are shut and the upstream's FIN came last: its close.
+            self.remote_close = True
         self._maybe_done()
 
-    def on_upstream_closed(self):
+    def on_upstream_closed(self, exc):
         cluster = self.cluster
+        stats = cluster.stats
         cluster.cx_active -= 1
-        cluster.stats.upstream_cx_active -= 1
-        cluster.stats.upstream_cx_destroy += 1
-        self.host.stats.cx_active -= 1
-        if not self.up_eof:
-            self.up_eof = True
-            if self.closing:
-                cluster.stats.upstream_cx_destroy_local += 1
+        cluster.rq_active -= 1
+        stats.upstream_cx_active -= 1
+        stats.upstream_rq_active -= 1
+        stats.upstream_cx_destroy += 1
+        stats.upstream_cx_destroy_with_active_rq += 1
+        hs = self.host.stats
+        hs.cx_active -= 1
+        hs.rq_active -= 1
+        local = self.closing and not self.remote_close
+        if local:
+            stats.upstream_cx_destroy_local += 1
+            stats.upstream_cx_destroy_local_with_active_rq += 1
+        else:
+            stats.upstream_cx_destroy_remote += 1
+            stats.upstream_cx_destroy_remote_with_active_rq += 1
+        if not self.closing:
+            self.closing = True
+            self._cancel_timers()
+            if exc is not None:
+                # Reset by the upstream: reset the downstream as well.
+                _reset(self.downstream.transport)
             else:
-                cluster.stats.upstream_cx_destroy_remote += 1
-                # Upstream reset/closed without FIN: end the downstream too (flushing first).
                 self.downstream.close(flush=True)
-        self._maybe_done()
 
     def on_close(self, reason: str) -> None:
         self.closing = True
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        self._cancel_timers()
         up = self.upstream
         if up is not None and up.transport is not None and not up.closed:
-            up.transport.close()
+            if reason == "reset":
+                # Envoy passes a downstream RST on to the upstream.
+                _reset(up.transport)
+            else:
+                up.transport.close()
 
     def on_write_paused(self, paused: bool) -> None:
         # Downstream can't take more: stop reading the upstream.
         up = self.upstream
         if up is not None and up.transport is not None and not up.closed:
+            stats = self.cluster.stats
             if paused:
                 up.transport.pause_reading()
+                stats.upstream_flow_control_paused_reading_total += 1
             else:
                 up.transport.resume_reading()
+                stats.upstream_flow_control_resumed_reading_total += 1
 
     def _maybe_done(self):
         if self.down_eof and self.up_eof:
@@ -279,19 +364,36 @@ class TcpProxy:
 
     def _close_all(self):
         self.closing = True
+        self._cancel_timers()
         up = self.upstream
         if up is not None and up.transport is not None and not up.closed:
             up.transport.close()
         self.downstream.close(flush=True)
 
+    def _cancel_timers(self):
+        for h in (self.idle_handle, self.duration_handle):
+            if h is not None:
+                h.cancel()
+        self.idle_handle = self.duration_handle = None
+
     def _idle_check(self):
         self.idle_handle = None
         if self.closing:
             return
-        loop = self.ctx.loop
         due = self.last_activity + self.config.idle_timeout
-        if loop.time() >= due:
+        if self.loop.time() >= due:
             self.stats.idle_timeout += 1
             self._close_all()
         else:
-            self.idle_handle = loop.call_at(due, self._idle_check)
+            self.idle_handle = self.loop.call_at(due, self._idle_check)
+
+    def _duration_reached(self):
+        self.duration_handle = None
+        if not self.closing:
+            self.stats.max_downstream_connection_duration += 1
+            self._close_all()
+
+    def __repr__(self):
+        return (f"<TcpProxy {self.config.stat_prefix} -> "
+                f"{self.host.address_str if self.host else '-'}"
+                f"{' closing' if self.closing else ''}>")

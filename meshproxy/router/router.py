@@ -3,29 +3,45 @@
 
 Per request it picks the cluster (``cluster``, ``weighted_clusters`` or ``cluster_header``),
 finalises the upstream request headers (route/vhost/route-config mutations, rewrites,
-``x-envoy-expected-rq-timeout-ms``), enforces ``max_requests``, picks a host, and streams the
-request and response through an ``UpstreamRequest``. Failures become Envoy's local replies.
-The route timeout (15 s unless configured; ``x-envoy-upstream-rq-timeout-ms`` overrides) runs
-from the end of the downstream request to the end of the upstream response.
+``x-envoy-expected-rq-timeout-ms``), picks a host, and streams the request and response through
+an ``UpstreamRequest``. Failures become Envoy's local replies: no host 503 ``no healthy
+upstream`` (UH), circuit breaker 503 ``overflow`` with ``x-envoy-overloaded`` (UO), connect
+failure 503 (UF), termination before headers 503 (UC), a malformed response 502 ``protocol
+error`` (UPE); after the response started, the downstream is reset instead. The route timeout
+(15 s unless configured, 0 disables; ``x-envoy-upstream-rq-timeout-ms`` overrides) runs from the
+end of the downstream request to the end of the upstream response: 504 ``upstream request
+timeout`` (UT). Every response code, upstream or local, is charged to the cluster's code stats
+(``Filter::chargeUpstreamCode``), split ``internal``/``external`` by ``x-envoy-internal``.
 """
 
 from __future__ import annotations
 
 from meshproxy.http import local_reply
 from meshproxy.router.upstream_request import UpstreamRequest
+from meshproxy.upstream.h1_connection import OVERFLOW
 
 _RQ_TIMEOUT_HDR = b"x-envoy-upstream-rq-timeout-ms"
 _PER_TRY_HDR = b"x-envoy-upstream-rq-per-try-timeout-ms"
 _EXPECTED_HDR = b"x-envoy-expected-rq-timeout-ms"
 _SERVICE_TIME_HDR = b"x-envoy-upstream-service-time"
 _ORIGINAL_PATH_HDR = b"x-envoy-original-path"
-_IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+_INTERNAL_HDR = b"x-envoy-internal"
+PROTOCOL_ERROR = "protocol error"
+
+
+def reset_reply(reason: str, detail: str = "") -> local_reply.Reply:
+    """The local reply for an upstream reset before response headers. Envoy answers a protocol
+    error with 502 (``Http::Code::BadGateway``) and flag UPE, everything else with 503.
+    TODO(owner of http/local_reply.py): fold the 502/UPE case into ``upstream_reset``."""
+    reply = local_reply.upstream_reset(reason, detail)
+    if reason == PROTOCOL_ERROR:
+        reply = local_reply.Reply(502, reply.body, "UPE", reply.details)
+    return reply
 
 
 class Router:
-    __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "buffered",
-                 "buffered_bytes", "replayable", "request_done", "paused_downstream",
-                 "host_rewritten")
+    __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "request_done",
+                 "paused_downstream", "host_rewritten", "internal")
 
     def __init__(self, stream, route):
         self.stream = stream
@@ -34,12 +50,10 @@ class Router:
         self.weighted = None
         self.upstream = None
         self.timeout = 0.0
-        self.buffered = None
-        self.buffered_bytes = 0
-        self.replayable = True
         self.request_done = False
         self.paused_downstream = False
         self.host_rewritten = False
+        self.internal = False
 
     # ------------------------------------------------------------------ request
 
@@ -70,11 +84,13 @@ class Router:
             # HTTP/1.1 to an HTTP/2-only server.
             return stream.send_local_reply(local_reply.upstream_reset("protocol error"),
                                            route_mutations=True)
+        if req.envoy_headers or stream.config.internal_address_config:
+            self.internal = req.get(_INTERNAL_HDR) == b"true"
         self._finalize_request(req, action, cluster)
         if end_stream:
             self.request_done = True
-        self._start_attempt(fresh=False)
-        if end_stream and self.timeout:
+        self._start_attempt()
+        if end_stream and self.timeout and self.upstream is not None:
             self._arm_timeout()
 
     def _finalize_request(self, req, action, cluster) -> None:
@@ -140,20 +156,11 @@ class Router:
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.request_done = True
-            if self.timeout and self.stream.route_deadline is None and self.upstream is not None:
-                self._arm_timeout()
-        if self.replayable and data:
-            if self.buffered is None:
-                self.buffered = []
-            self.buffered_bytes += len(data)
-            if self.buffered_bytes > self.stream.hcm.listener_buffer_limit:
-                self.replayable = False
-                self.buffered = None
-            else:
-                self.buffered.append(data)
         up = self.upstream
         if up is not None:
             up.send_data(data, end_stream)
+            if end_stream and self.timeout and self.stream.route_deadline is None:
+                self._arm_timeout()
 
     def _arm_timeout(self) -> None:
         stream = self.stream
@@ -162,58 +169,49 @@ class Router:
 
     # ------------------------------------------------------------------ attempts
 
-    def _start_attempt(self, fresh: bool) -> None:
+    def _start_attempt(self) -> None:
         stream = self.stream
         cluster = self.cluster
-        if cluster.rq_active >= cluster.thresholds.max_requests:
-            cluster.stats.upstream_rq_pending_overflow += 1
-            return stream.send_local_reply(local_reply.OVERFLOW, route_mutations=True)
         host = cluster.choose_host(stream)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
+            cluster.charge(503, self.internal)
             return stream.send_local_reply(local_reply.NO_HEALTHY_UPSTREAM, route_mutations=True)
         stream.upstream_host = host
         if self.host_rewritten is False and self.route.action.auto_host_rewrite and host.hostname:
             stream.request.authority = host.hostname.encode()
         self.upstream = UpstreamRequest(self, cluster, host)
-        self.upstream.start(fresh)
-
-    def replay_body(self, upstream) -> None:
-        """Send what the request body has so far to a new attempt."""
-        if self.buffered:
-            chunks = self.buffered
-            for i, chunk in enumerate(chunks):
-                upstream.send_data(chunk, self.request_done and i == len(chunks) - 1)
-            return
-        if self.request_done:
-            upstream.send_data(b"", True)
-
-    def can_retry_stale(self, upstream) -> bool:
-        """Retry transparently on a fresh connection when a *reused* keep-alive connection
-        failed before any response byte: the request most likely never reached the upstream
-        (it had closed the idle connection). As HTTP clients do (e.g. Go's net/http), only for
-        idempotent methods (RFC 9110 §9.2.2), or when nothing was written at all."""
-        return (upstream.reused and not upstream.rx_started and self.replayable and
-                not self.stream.response_started and
-                (self.stream.request.method in _IDEMPOTENT or not upstream.wrote))
+        self.upstream.start()
 
     # ------------------------------------------------------------------ callbacks from attempts
 
+    def on_upstream_1xx(self, upstream, status: int) -> None:
+        # Envoy charges 1xx heads it drops (Filter::onUpstream1xxHeaders).
+        self.cluster.charge(status, self.internal)
+
     def on_upstream_headers(self, upstream, resp, end_stream: bool) -> None:
         stream = self.stream
-        self.cluster.record_response(resp.status)
+        status = resp.status
+        self.cluster.charge(status, self.internal)
+        hs = upstream.host.stats
+        if status >= 500 and status < 600:
+            hs.rq_error += 1
+        else:
+            hs.rq_success += 1
         if not stream.config.suppress_envoy_headers and stream.request_complete:
             ms = int((stream.hcm.loop.time() - stream.request_complete_time) * 1000)
             resp.headers.append((_SERVICE_TIME_HDR, b"%d" % ms))
         stream.apply_route_response_mutations(resp, self.weighted)
         if end_stream:
             stream.route_deadline = None
+            self.upstream = None
         stream.encode_headers(resp, end_stream)
 
     def on_upstream_data(self, upstream, data: bytes, end_stream: bool) -> None:
         stream = self.stream
         if end_stream:
             stream.route_deadline = None
+            self.upstream = None
         stream.encode_data(data, end_stream)
 
     def on_upstream_reset(self, upstream, reason: str, detail: str = "") -> None:
@@ -221,29 +219,34 @@ class Router:
         self.upstream = None
         if stream.done:
             return
-        if self.can_retry_stale(upstream):
-            self._start_attempt(fresh=True)
-            return
         if stream.response_started:
+            # Too late for a reply (Filter::chargeUpstreamAbort charges nothing then).
             stream.config.stats.rq_reset_after_downstream_response_started += 1
-            stream.response_flags = "UPE" if reason == "protocol error" else "UC"
+            stream.response_flags = "UPE" if reason == PROTOCOL_ERROR else "UC"
             stream.reset_stream()
             return
-        stream.send_local_reply(local_reply.upstream_reset(reason, detail), route_mutations=True)
-
-    def on_pool_overflow(self, upstream) -> None:
-        self.upstream = None
-        self.stream.send_local_reply(local_reply.OVERFLOW, route_mutations=True)
+        stream.route_deadline = None
+        if reason == OVERFLOW:
+            self.cluster.charge(503, self.internal)
+            upstream.host.stats.rq_error += 1
+            return stream.send_local_reply(local_reply.OVERFLOW, route_mutations=True)
+        reply = reset_reply(reason, detail)
+        self.cluster.charge(reply.status, self.internal)
+        upstream.host.stats.rq_error += 1
+        stream.send_local_reply(reply, route_mutations=True)
 
     def on_timeout(self) -> None:
         stream = self.stream
         cluster = self.cluster
-        cluster.stats.upstream_rq_timeout += 1
         up = self.upstream
         if up is not None:
+            cluster.stats.upstream_rq_timeout += 1
             up.host.stats.rq_timeout += 1
             self.upstream = None
             up.abort()
+            if up.awaiting_headers and not stream.response_started:
+                cluster.charge(504, self.internal)
+                up.host.stats.rq_error += 1
         if stream.response_started:
             stream.response_flags = "UT"
             stream.reset_stream()
@@ -257,10 +260,10 @@ class Router:
             up.abort()
 
     def on_downstream_reset(self) -> None:
+        # Envoy counts no upstream_rq_tx_reset when it resets an HTTP/1 upstream request.
         up = self.upstream
         if up is not None:
             self.upstream = None
-            self.cluster.stats.upstream_rq_tx_reset += 1
             up.abort()
 
     def on_upstream_write_paused(self, paused: bool) -> None:

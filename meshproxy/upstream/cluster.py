@@ -6,69 +6,96 @@ from meshproxy.stats import stat_block
 from meshproxy.upstream.host import Host
 from meshproxy.upstream.lb import make_lb
 
-# Envoy's cluster stats (docs: configuration/upstream/cluster_manager/cluster_stats).
+# Envoy's cluster stats (docs: configuration/upstream/cluster_manager/cluster_stats), the names
+# Envoy 1.40 lists for every cluster. Per-response-code counters are created on first use, as
+# Envoy's CodeStats does, so they are not in the block (see ``Cluster.charge``).
 ClusterStats = stat_block(
     "ClusterStats",
     counters=(
-        "upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total",
-        "upstream_cx_connect_fail", "upstream_cx_connect_timeout", "upstream_cx_idle_timeout",
-        "upstream_cx_max_duration_reached", "upstream_cx_connect_attempts_exceeded",
-        "upstream_cx_overflow", "upstream_cx_destroy", "upstream_cx_destroy_local",
-        "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
-        "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
-        "upstream_cx_close_notify", "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
-        "upstream_cx_protocol_error", "upstream_cx_max_requests", "upstream_cx_none_healthy",
-        "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
-        "upstream_rq_pending_overflow", "upstream_rq_pending_failure_eject",
-        "upstream_rq_cancelled", "upstream_rq_maintenance_mode", "upstream_rq_timeout",
-        "upstream_rq_max_duration_reached", "upstream_rq_per_try_timeout",
-        "upstream_rq_per_try_idle_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset",
-        "upstream_rq_retry", "upstream_rq_retry_backoff_exponential",
-        "upstream_rq_retry_backoff_ratelimited", "upstream_rq_retry_limit_exceeded",
-        "upstream_rq_retry_success", "upstream_rq_retry_overflow", "upstream_flow_control_paused_reading_total",
-        "upstream_flow_control_resumed_reading_total", "upstream_flow_control_backed_up_total",
-        "upstream_flow_control_drained_total", "upstream_internal_redirect_failed_total",
-        "upstream_internal_redirect_succeeded_total",
-        "membership_change", "lb_healthy_panic", "lb_zone_no_capacity_left",
-        "update_attempt", "update_success", "update_failure", "update_empty",
-        "update_no_rebuild", "assignment_timeout_received", "assignment_stale",
-        "retry_or_shadow_abandoned", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx",
-        "upstream_rq_4xx", "upstream_rq_5xx",
+        "assignment_stale", "assignment_timeout_received", "assignment_use_cached", "bind_errors",
+        "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
+        "lb_subsets_created", "lb_subsets_fallback", "lb_subsets_fallback_panic",
+        "lb_subsets_removed", "lb_subsets_selected", "lb_zone_cluster_too_small",
+        "lb_zone_no_capacity_left", "lb_zone_routing_all_directly", "lb_zone_routing_cross_zone",
+        "lb_zone_routing_sampled", "membership_change", "original_dst_host_invalid",
+        "retry_or_shadow_abandoned", "update_attempt", "update_empty", "update_failure",
+        "update_no_rebuild", "update_success", "upstream_cx_close_notify",
+        "upstream_cx_connect_attempts_exceeded", "upstream_cx_connect_fail",
+        "upstream_cx_connect_timeout", "upstream_cx_connect_with_0_rtt", "upstream_cx_destroy",
+        "upstream_cx_destroy_local", "upstream_cx_destroy_local_with_active_rq",
+        "upstream_cx_destroy_remote", "upstream_cx_destroy_remote_with_active_rq",
+        "upstream_cx_destroy_with_active_rq", "upstream_cx_http1_total",
+        "upstream_cx_http2_total", "upstream_cx_http3_total", "upstream_cx_idle_timeout",
+        "upstream_cx_max_duration_reached", "upstream_cx_max_requests",
+        "upstream_cx_none_healthy", "upstream_cx_overflow", "upstream_cx_pool_overflow",
+        "upstream_cx_preconnect_skipped", "upstream_cx_protocol_error",
+        "upstream_cx_rx_bytes_total", "upstream_cx_total", "upstream_cx_tx_bytes_total",
+        "upstream_flow_control_backed_up_total", "upstream_flow_control_drained_total",
+        "upstream_flow_control_paused_reading_total",
+        "upstream_flow_control_resumed_reading_total", "upstream_http3_broken",
+        "upstream_internal_redirect_failed_total", "upstream_internal_redirect_succeeded_total",
+        "upstream_rq_0rtt", "upstream_rq_active_overflow", "upstream_rq_cancelled",
+        "upstream_rq_completed", "upstream_rq_maintenance_mode",
+        "upstream_rq_max_duration_reached", "upstream_rq_pending_failure_eject",
+        "upstream_rq_pending_overflow", "upstream_rq_pending_total",
+        "upstream_rq_per_try_idle_timeout", "upstream_rq_per_try_timeout", "upstream_rq_retry",
+        "upstream_rq_retry_backoff_exponential", "upstream_rq_retry_backoff_ratelimited",
+        "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_overflow",
+        "upstream_rq_retry_success", "upstream_rq_rx_reset", "upstream_rq_rx_reset_no_error",
+        "upstream_rq_timeout", "upstream_rq_total", "upstream_rq_tx_reset",
     ),
     gauges=(
-        "upstream_cx_active", "upstream_cx_rx_bytes_buffered", "upstream_cx_tx_bytes_buffered",
-        "upstream_rq_active", "upstream_rq_pending_active", "membership_healthy",
-        "membership_degraded", "membership_excluded", "membership_total", "max_host_weight",
+        "lb_subsets_active", "max_host_weight", "membership_degraded", "membership_excluded",
+        "membership_healthy", "membership_total", "upstream_cx_active",
+        "upstream_cx_rx_bytes_buffered", "upstream_cx_tx_bytes_buffered",
+        "upstream_queue_overloaded", "upstream_rq_active", "upstream_rq_pending_active",
         "version", "warming_state",
     ),
-    extra=("codes",),
 )
 
-CircuitBreakerStats = stat_block(
-    "CircuitBreakerStats",
-    gauges=("cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open",
-            "remaining_cx", "remaining_pending", "remaining_rq", "remaining_retries"),
-)
+# Used gauges in Envoy's ``/stats?usedonly`` for a fresh cluster.
+_USED_GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+                "membership_healthy", "membership_total", "warming_state",
+                "membership_degraded", "membership_excluded")
+_CB_GAUGES = ("cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open")
+_HTTP1_COUNTERS = ("dropped_headers_with_underscores", "metadata_not_supported_error",
+                   "requests_rejected_with_underscores_in_headers", "response_flood")
+_GROUPS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+
+def code_stat_items(prefix: str, codes: dict):
+    """Envoy's CodeStats names for per-code counts: ``upstream_rq_<code>`` (``unknown`` outside
+    100-599), ``upstream_rq_<N>xx`` and ``upstream_rq_completed``."""
+    out: dict[str, int] = {}
+    for code, n in codes.items():
+        if 100 <= code < 600:
+            key = f"{prefix}upstream_rq_{code}"
+            g = f"{prefix}upstream_rq_{_GROUPS[code // 100]}"
+            out[g] = out.get(g, 0) + n
+        else:
+            key = f"{prefix}upstream_rq_unknown"
+        out[key] = out.get(key, 0) + n
+    return out
 
 
 class Cluster:
     """Runtime state of one cluster. Hosts come from the config (STATIC), DNS, or EDS."""
 
-    def __init__(self, config, loop, pool_factory):
+    def __init__(self, config, loop, pool_factory, rng=None):
         self.config = config
         self.name = config.name
         self.loop = loop
         self.stats = ClusterStats()
-        self.stats.codes = {}
-        self.stats.mark_used("upstream_cx_active", "upstream_rq_active",
-                             "upstream_rq_pending_active", "membership_healthy",
-                             "membership_total", "warming_state", "membership_degraded",
-                             "membership_excluded")
-        self.cb_stats = CircuitBreakerStats()
-        self.cb_stats.mark_used("cx_open", "cx_pool_open", "rq_open", "rq_pending_open")
+        self.stats.mark_used(*_USED_GAUGES)
+        # Response codes charged by the router (Envoy's CodeStats), by internal/external origin.
+        self.external_codes: dict[int, int] = {}
+        self.internal_codes: dict[int, int] = {}
+        self.transport_matches = 0   # default.total_match_count: hosts given a transport socket
+        # Envoy's circuit breaker gauges show as used once a pool has touched them.
+        self.cb_used = False
         self.thresholds = config.thresholds
         self.pool_factory = pool_factory
-        self.lb = make_lb(config.lb_policy, config)
+        self.lb = make_lb(config.lb_policy, config, self.stats, rng)
         self.hosts: list[Host] = []
         self.cx_active = 0
         self.pending_active = 0
@@ -77,14 +104,16 @@ class Cluster:
         self.added_via_api = False
         self.initialized = config.type == "STATIC" or config.type == "ORIGINAL_DST"
         self.dns = None
+        self.lb.update(())
         if config.type == "STATIC":
             self.set_hosts([Host(self, e.address, e.hostname, e.weight, e.health_status,
                                  e.priority, e.locality, e.metadata, e.unix)
                             for e in config.endpoints])
 
     def set_hosts(self, hosts: list[Host]) -> None:
-        """Replace the host set; pools of hosts that remain are kept (by address)."""
+        """Replace the host set; hosts that remain (same address) keep their pools and stats."""
         old = {h.address: h for h in self.hosts}
+        before = self._by_priority(self.hosts)
         merged = []
         for h in hosts:
             prev = old.pop(h.address, None)
@@ -94,23 +123,37 @@ class Cluster:
                 prev.priority = h.priority
                 prev.metadata = h.metadata
                 prev.locality = h.locality
+                prev.hostname = h.hostname
                 merged.append(prev)
             else:
+                self.transport_matches += 1
                 merged.append(h)
         for gone in old.values():
             if gone.pool is not None:
                 gone.pool.close_all()
-        changed = len(old) > 0 or len(merged) != len(self.hosts) or \
-            any(a is not b for a, b in zip(merged, self.hosts))
         self.hosts = merged
         self.lb.update(merged)
         s = self.stats
-        if changed:
-            s.membership_change += 1
+        # Envoy counts membership_change once per priority level whose host list changed.
+        after = self._by_priority(merged)
+        for prio in set(before) | set(after):
+            a, b = before.get(prio, []), after.get(prio, [])
+            if len(a) != len(b) or any(x is not y for x, y in zip(a, b)):
+                s.membership_change += 1
         s.membership_total = len(merged)
         s.membership_healthy = sum(1 for h in merged if h.healthy)
-        s.membership_degraded = sum(1 for h in merged if h.health_status == 5)
-        s.max_host_weight = max((h.weight for h in merged), default=0)
+        s.membership_degraded = sum(1 for h in merged if h.degraded)
+        s.membership_excluded = sum(1 for h in merged if h.excluded)
+        if self.config.type == "STRICT_DNS" or self.config.type == "EDS":
+            # Only dynamic host lists (BaseDynamicClusterImpl::updateDynamicHostList) set it.
+            s.max_host_weight = max((h.weight for h in merged), default=0)
+
+    @staticmethod
+    def _by_priority(hosts) -> dict:
+        out: dict[int, list] = {}
+        for h in hosts:
+            out.setdefault(h.priority, []).append(h)
+        return out
 
     def choose_host(self, ctx=None):
         return self.lb.choose(ctx)
@@ -119,44 +162,52 @@ class Cluster:
         pool = host.pool
         if pool is None:
             pool = host.pool = self.pool_factory(host, self)
+            self.cb_used = True
         return pool
 
-    def record_response(self, status: int) -> None:
-        s = self.stats
-        codes = s.codes
+    def charge(self, status: int, internal: bool) -> None:
+        """Count a response (from the upstream or the router's own) as Envoy's router does
+        (``Filter::chargeUpstreamCode`` -> ``CodeStats::chargeResponseStat``)."""
+        codes = self.internal_codes if internal else self.external_codes
         codes[status] = codes.get(status, 0) + 1
-        cls = status // 100
-        if cls == 2:
-            s.upstream_rq_2xx += 1
-        elif cls == 5:
-            s.upstream_rq_5xx += 1
-        elif cls == 4:
-            s.upstream_rq_4xx += 1
-        elif cls == 3:
-            s.upstream_rq_3xx += 1
-        elif cls == 1:
-            s.upstream_rq_1xx += 1
+        self.stats.upstream_rq_completed += 1
 
     def stat_items(self, prefix: str):
-        """Per-code counters (``upstream_rq_200``) and circuit breaker gauges."""
-        for code, n in self.stats.codes.items():
-            yield f"{prefix}upstream_rq_{code}", "counter", n, None
-        cb = self.cb_stats
-        th = self.thresholds
-        cb.cx_open = int(self.cx_active >= th.max_connections)
-        cb.cx_pool_open = cb.cx_open
-        cb.rq_open = int(self.rq_active >= th.max_requests)
-        cb.rq_pending_open = int(self.pending_active >= th.max_pending_requests)
-        cb.rq_retry_open = int(self.retries_active >= th.max_retries)
-        names = ["cx_open", "cx_pool_open", "rq_open", "rq_pending_open", "rq_retry_open"]
-        if th.track_remaining:
-            cb.remaining_cx = max(0, th.max_connections - self.cx_active)
-            cb.remaining_pending = max(0, th.max_pending_requests - self.pending_active)
-            cb.remaining_rq = max(0, th.max_requests - self.rq_active)
-            cb.remaining_retries = max(0, th.max_retries - self.retries_active)
-            names += ["remaining_cx", "remaining_pending", "remaining_rq", "remaining_retries"]
-        for n in names:
-            yield f"{prefix}circuit_breakers.default.{n}", "gauge", getattr(cb, n), True
+        """Dynamic stats: per-code counters, circuit breaker gauges, HTTP/1 codec counters."""
+        both: dict[int, int] = dict(self.external_codes)
+        for code, n in self.internal_codes.items():
+            both[code] = both.get(code, 0) + n
+        for name, n in code_stat_items(prefix, both).items():
+            if not name.endswith("upstream_rq_completed"):
+                yield name, "counter", n, None
+        for origin, codes in (("external.", self.external_codes),
+                              ("internal.", self.internal_codes)):
+            if codes:
+                for name, n in code_stat_items(prefix + origin, codes).items():
+                    yield name, "counter", n, None
+                yield f"{prefix}{origin}upstream_rq_completed", "counter", sum(codes.values()), None
+        yield f"{prefix}default.total_match_count", "counter", self.transport_matches, None
+        if self.stats.upstream_cx_http1_total:
+            for n in _HTTP1_COUNTERS:
+                yield f"{prefix}http1.{n}", "counter", 0, None
+        for prio, th in (("default", self.thresholds), ("high", self.config.high_thresholds)):
+            default = prio == "default"
+            cx = self.cx_active if default else 0
+            pending = self.pending_active if default else 0
+            rq = self.rq_active if default else 0
+            retries = self.retries_active if default else 0
+            vals = {"cx_open": int(cx >= th.max_connections), "cx_pool_open": 0,
+                    "rq_open": int(rq >= th.max_requests),
+                    "rq_pending_open": int(pending >= th.max_pending_requests),
+                    "rq_retry_open": int(retries >= th.max_retries)}
+            if th.track_remaining:
+                vals.update(remaining_cx=max(0, th.max_connections - cx),
+                            remaining_pending=max(0, th.max_pending_requests - pending),
+                            remaining_rq=max(0, th.max_requests - rq),
+                            remaining_retries=max(0, th.max_retries - retries))
+            for n, v in vals.items():
+                used = (self.cb_used and default and n != "rq_retry_open") or None
+                yield f"{prefix}circuit_breakers.{prio}.{n}", "gauge", v, used
 
     def close(self) -> None:
         if self.dns is not None:

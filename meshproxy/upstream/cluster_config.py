@@ -122,7 +122,9 @@ def _endpoints(cla, path, ctype) -> tuple:
             address, unix = socket_address(ep.address, join(epath, "endpoint.address"))
             if ctype == "STATIC" and not unix and not _is_ip(address[0]):
                 raise ConfigError(join(epath, "endpoint.address.socket_address.address"),
-                                  f"malformed IP address: {address[0]}")
+                                  f"malformed IP address: {address[0]}. Consider setting "
+                                  f"resolver_name or setting cluster type to 'STRICT_DNS' or "
+                                  f"'LOGICAL_DNS'")
             weight = wrapped(lbe, "load_balancing_weight", 1)
             if weight < 1:
                 raise ConfigError(join(epath, "load_balancing_weight"), "value must be greater "
@@ -192,14 +194,23 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         source = (sa.address, sa.port_value)
     clb = c.common_lb_config
     panic = clb.healthy_panic_threshold.value if clb.HasField("healthy_panic_threshold") else 50.0
+    if not 0.0 <= panic <= 100.0:
+        raise ConfigError(join(path, "common_lb_config.healthy_panic_threshold.value"),
+                          "value must be inside range [0, 100]")
     lrc = c.least_request_lb_config
     choice = wrapped(lrc, "choice_count", 2)
+    if choice < 2:
+        raise ConfigError(join(path, "least_request_lb_config.choice_count"),
+                          "value must be greater than or equal to 2")
+    connect_timeout = duration(c, "connect_timeout", 5.0)
+    if connect_timeout <= 0:
+        raise ConfigError(join(path, "connect_timeout"), "value must be greater than 0s")
     bias = lrc.active_request_bias.default_value if lrc.HasField("active_request_bias") else 1.0
     return ClusterConfig(
         name=c.name,
         stat_name=c.alt_stat_name or c.name,
         type=ctype,
-        connect_timeout=duration(c, "connect_timeout", 5.0),
+        connect_timeout=connect_timeout,
         lb_policy=lb,
         endpoints=endpoints,
         thresholds=default_th,

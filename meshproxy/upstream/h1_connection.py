@@ -1,10 +1,21 @@
 """One upstream HTTP/1.1 connection: serialises requests and parses responses with httptools.
 
 The connection serves one request at a time for the router's ``UpstreamRequest`` (``stream``)
-and calls it back with ``on_upstream_headers`` / ``on_upstream_data`` / ``on_upstream_trailers``
-/ ``on_upstream_reset``. Hop-by-hop response headers are consumed here (RFC 9110 §7.6.1).
-A response to HEAD has no body whatever its Content-Length says (RFC 9110 §9.3.2); httptools
-cannot be told so, so the parser is replaced after such a response.
+and calls it back with ``on_upstream_1xx`` / ``on_upstream_headers`` / ``on_upstream_data`` /
+``on_upstream_reset``. Response handling follows Envoy 1.40's HTTP/1 client codec:
+
+* Hop-by-hop headers are consumed (RFC 9110 §7.6.1); a response that says ``Connection: close``
+  (or is HTTP/1.0 without keep-alive) ends the connection after it (``upstream_cx_close_notify``).
+* A response to HEAD, a 204 and a 304 have no body whatever their framing headers say
+  (RFC 9110 §6.4.1); httptools cannot be told about HEAD, so the parser is replaced after one.
+  1xx heads are dropped (Envoy answers ``Expect: 100-continue`` itself) but counted.
+* Malformed responses are protocol errors: the connection closes and the request is reset with
+  "protocol error" (the router answers 502): bad syntax, duplicate Content-Length, both
+  Content-Length and chunked, a Transfer-Encoding other than ``chunked``, a status below 100.
+  A bare LF line ending is accepted, as Envoy's parser accepts it.
+* A close before the response is complete resets the request ("connection termination"); a
+  close in the middle of a framed body also counts ``upstream_cx_protocol_error``. A body with
+  neither length nor chunking ends with the close (RFC 9112 §6.3 rule 8).
 """
 
 from __future__ import annotations
@@ -29,17 +40,24 @@ OVERFLOW = "overflow"
 CONNECT_TIMEOUT = "connection timeout"
 
 
+def _parser(callbacks):
+    p = httptools.HttpResponseParser(callbacks)
+    p.set_dangerous_leniencies(lenient_optional_cr_before_lf=True)
+    return p
+
+
 class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
                  "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
-                 "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request")
+                 "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
+                 "draining", "connected", "active_on_close")
 
     def __init__(self, pool):
         self.pool = pool
         self.stats = pool.cluster.stats
         self.transport = None
         self.stream = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser = _parser(self)
         self.requests = 0
         self.closed = False
         self.resp = None
@@ -54,6 +72,9 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.local_close = False
         self.keep_alive = True
         self.chunked_request = False
+        self.draining = False        # serves no further request (max_requests_per_connection)
+        self.connected = False
+        self.active_on_close = False  # closed while a request was on it
 
     # ---------------------------------------------------------------- transport events
 
@@ -73,30 +94,47 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.rx_started = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
-            self.stats.upstream_cx_protocol_error += 1
-            s = self.stream
-            self.stream = None
-            self.close()
-            if s is not None:
-                s.on_upstream_reset(PROTOCOL_ERROR, self)
+        except httptools.HttpParserError as exc:
+            if self.stream is None and self.parser.get_status_code() == 101:
+                # llhttp pauses after a 101 head, which went on already; nothing more can be
+                # parsed on this connection.
+                self.close()
+            else:
+                self._protocol_error()
+
+    def _protocol_error(self) -> None:
+        self.stats.upstream_cx_protocol_error += 1
+        s = self.stream
+        if s is not None:
+            self.active_on_close = True
+            self._detach()
+        self.close()
+        if s is not None:
+            s.on_upstream_reset(PROTOCOL_ERROR, self)
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc):
         self.closed = True
-        self.pool.on_connection_closed(self)
         s = self.stream
-        if s is None:
-            return
-        self.stream = None
-        if self.resp is not None and self.eof_body:
+        if s is not None and self.resp is not None and self.eof_body:
             # Body delimited by close (RFC 9112 §6.3 rule 8): the close ends it.
             self.resp = None
+            self._detach()
+            self.pool.on_connection_closed(self, False)
             s.on_upstream_data(b"", True)
             return
-        s.on_upstream_reset(LOCAL_RESET if self.local_close else CONNECTION_TERMINATION, self)
+        if s is not None:
+            self.active_on_close = True
+            if self.resp is not None:
+                # The peer closed inside a framed body.
+                self.stats.upstream_cx_protocol_error += 1
+            self._detach()
+        self.pool.on_connection_closed(self, self.active_on_close)
+        if s is not None:
+            s.on_upstream_reset(LOCAL_RESET if self.local_close else CONNECTION_TERMINATION,
+                                self)
 
     def pause_writing(self):
         s = self.stream
@@ -139,9 +177,19 @@ class UpstreamH1Connection(asyncio.Protocol):
         # Trailers go upstream only in chunked encoding; Envoy drops them unless enabled.
         self.send_data(b"", True)
 
+    def _detach(self):
+        """End the current request's use of this connection; returns its stream."""
+        s = self.stream
+        if s is not None:
+            self.stream = None
+            self.pool.stream_done(self)
+        return s
+
     def reset(self) -> None:
         """The stream gives up on this connection (timeout, downstream reset): close it."""
-        self.stream = None
+        if self.stream is not None:
+            self.active_on_close = True
+            self._detach()
         self.close()
 
     def close(self) -> None:
@@ -167,25 +215,47 @@ class UpstreamH1Connection(asyncio.Protocol):
     def on_headers_complete(self):
         p = self.parser
         status = p.get_status_code()
-        if 100 <= status < 200 and status != 101:
+        if status < 100:
+            raise httptools.HttpParserError("status code below 100")
+        if status < 200 and status != 101:
             # 1xx: Envoy answers Expect: 100-continue itself and drops upstream 1xx heads.
             self.skip_1xx = True
+            s = self.stream
+            if s is not None:
+                s.on_upstream_1xx(status)
             return
+        cstate = self.cstate
         resp = ResponseHeaders(status, self.hdrs)
-        self.cstate.apply(resp, p.should_keep_alive())
-        self.keep_alive = resp.keep_alive
-        no_body = self.head or status == 204 or status == 304
+        # Envoy's shouldCloseConnection: "close" token, or HTTP/1.0 without "keep-alive".
+        toks = cstate.tokens or ()
+        if p.get_http_version() == "1.0":
+            keep_alive = b"keep-alive" in toks and b"close" not in toks
+        else:
+            keep_alive = b"close" not in toks
+        # Envoy forwards response headers that Connection nominates (only the hop-by-hop
+        # headers themselves are consumed), unlike on requests.
+        cstate.tokens = None
+        cstate.apply(resp, keep_alive)
+        if resp.chunked is None:
+            raise httptools.HttpParserError("unsupported transfer-encoding")
+        if not keep_alive:
+            self.stats.upstream_cx_close_notify += 1
+        no_body = self.head or status == 204 or status == 304 or status == 101
+        if status == 204 or status == 101:
+            # RFC 9110 §8.6: no Content-Length on a 204; Envoy drops one that comes.
+            resp.headers = [h for h in resp.headers if h[0] != b"content-length"]
+            resp.content_length = -1
         end_stream = no_body or (not resp.chunked and resp.content_length == 0)
         self.eof_body = not no_body and not resp.chunked and resp.content_length < 0
-        if self.eof_body:
-            self.keep_alive = False
+        self.keep_alive = keep_alive and not self.eof_body and status != 101
         self.resp = resp
         s = self.stream
         if end_stream:
             self.resp = None
-            if self.head and not (not resp.chunked and resp.content_length <= 0):
+            if self.head and (resp.chunked or resp.content_length > 0 or
+                              resp.content_length < 0):
                 # httptools would wait for a HEAD response's body: start a fresh parser.
-                self.parser = httptools.HttpResponseParser(self)
+                self.parser = _parser(self)
             self._response_complete()
         if s is not None:
             s.on_upstream_headers(resp, end_stream)
@@ -210,7 +280,7 @@ class UpstreamH1Connection(asyncio.Protocol):
             s.on_upstream_data(b"", True)
 
     def _response_complete(self):
-        self.stream = None
+        self._detach()
         if self.keep_alive and self.request_done and not self.closed:
             self.pool.release(self)
         else:

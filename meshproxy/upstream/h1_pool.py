@@ -1,12 +1,21 @@
-"""HTTP/1.1 connection pool for one host (Envoy's ``http1/conn_pool.cc`` in outline).
+"""HTTP/1.1 connection pool for one host (Envoy's ``conn_pool_base.cc`` / ``http1/conn_pool.cc``).
 
-``new_stream(waiter)`` returns an idle connection at once (most recently used first, so idle
-ones age out), or queues the waiter and opens a connection if the cluster's circuit breakers
-allow; ``waiter.on_pool_ready(conn)`` / ``waiter.on_pool_failure(reason, detail)`` follow.
-Circuit breakers are per cluster: ``max_connections`` (beyond it requests wait),
-``max_pending_requests`` (beyond it they fail: 503 with ``x-envoy-overloaded``), as Envoy does.
-Idle connections close after the cluster's ``idle_timeout``; a connection whose peer closes it
-while idle is dropped when the close is read.
+``new_stream(waiter)`` attaches the waiter to the most recently used idle connection, or queues
+it and opens connections; ``waiter.on_pool_ready(conn, reused)`` or
+``waiter.on_pool_failure(reason, detail)`` follows (possibly before ``new_stream`` returns).
+Circuit breakers are per cluster, checked where Envoy checks them:
+
+* ``max_pending_requests`` when a request must queue: beyond it the request fails at once
+  (``upstream_rq_pending_overflow``; the router answers 503 with ``x-envoy-overloaded``);
+* ``max_connections`` when a connection is wanted (``upstream_cx_overflow``); the request waits,
+  except that a pool with no connection at all still opens one, so it can never starve;
+* ``max_requests`` when a request is attached to a connection (``upstream_rq_active_overflow``).
+
+``upstream_rq_total`` / ``upstream_rq_active`` count attached requests. A failed connect fails
+every queued request (``upstream_rq_pending_failure_eject``). ``max_requests_per_connection``
+drains a connection once it has taken its last request. Each idle connection closes after the
+cluster's ``idle_timeout`` (``upstream_cx_idle_timeout``); one the peer closes while idle is
+dropped as soon as the close is read, so no request is sent on it.
 """
 
 from __future__ import annotations
@@ -35,41 +44,66 @@ class H1Pool:
 
     # ------------------------------------------------------------------ streams
 
-    def new_stream(self, waiter, fresh: bool = False):
-        """An idle connection for ``waiter``, or None when the waiter was queued (or failed)."""
+    def new_stream(self, waiter) -> None:
         idle = self.idle
-        if not fresh:
-            while idle:
-                conn = idle.pop()
-                if conn.closed or conn.transport.is_closing():
-                    continue
-                self.busy.add(conn)
-                conn.stream = waiter
-                return conn
+        while idle:
+            conn = idle.pop()
+            if conn.closed or conn.transport.is_closing():
+                continue
+            if not self._attach(conn, waiter, True):
+                idle.append(conn)
+            return
         cluster = self.cluster
         stats = cluster.stats
         if cluster.pending_active >= cluster.thresholds.max_pending_requests:
             stats.upstream_rq_pending_overflow += 1
-            waiter.on_pool_failure(OVERFLOW, "overflow")
-            return None
+            waiter.on_pool_failure(OVERFLOW, "")
+            return
         self.pending.append(waiter)
         cluster.pending_active += 1
         stats.upstream_rq_pending_total += 1
         stats.upstream_rq_pending_active += 1
         self.host.stats.rq_pending_active += 1
-        if self.connecting < len(self.pending):
-            if cluster.cx_active < cluster.thresholds.max_connections:
-                self._connect()
-            else:
-                stats.upstream_cx_overflow += 1
-        return None
+        self._try_connect()
+
+    def _attach(self, conn, waiter, reused: bool) -> bool:
+        cluster = self.cluster
+        stats = cluster.stats
+        if cluster.rq_active >= cluster.thresholds.max_requests:
+            stats.upstream_rq_active_overflow += 1
+            waiter.on_pool_failure(OVERFLOW, "")
+            return False
+        mrpc = cluster.config.max_requests_per_connection
+        if mrpc and conn.requests + 1 >= mrpc:
+            # The connection's last request: it closes once this one is done.
+            stats.upstream_cx_max_requests += 1
+            conn.draining = True
+        cluster.rq_active += 1
+        stats.upstream_rq_total += 1
+        stats.upstream_rq_active += 1
+        hs = self.host.stats
+        hs.rq_total += 1
+        hs.rq_active += 1
+        self.busy.add(conn)
+        conn.stream = waiter
+        waiter.on_pool_ready(conn, reused)
+        return True
+
+    def stream_done(self, conn) -> None:
+        """The request on ``conn`` ended (completed or reset)."""
+        cluster = self.cluster
+        cluster.rq_active -= 1
+        cluster.stats.upstream_rq_active -= 1
+        self.host.stats.rq_active -= 1
 
     def cancel(self, waiter) -> None:
+        """A queued request gave up (downstream reset, timeout)."""
         try:
             self.pending.remove(waiter)
         except ValueError:
             return
         self._pending_done()
+        self.cluster.stats.upstream_rq_cancelled += 1
 
     def _pending_done(self):
         self.cluster.pending_active -= 1
@@ -77,28 +111,25 @@ class H1Pool:
         self.host.stats.rq_pending_active -= 1
 
     def release(self, conn: UpstreamH1Connection) -> None:
-        """``conn`` finished a request and may serve another."""
+        """``conn`` finished its response and may serve another request."""
         self.busy.discard(conn)
-        mrpc = self.cluster.config.max_requests_per_connection
-        if mrpc and conn.requests >= mrpc:
-            self.cluster.stats.upstream_cx_max_requests += 1
+        if conn.draining:
             conn.close()
-            if self.pending:
-                self._maybe_connect()
             return
-        if self.pending:
-            waiter = self.pending.popleft()
+        pending = self.pending
+        while pending:
+            waiter = pending.popleft()
             self._pending_done()
-            self.busy.add(conn)
-            conn.stream = waiter
-            waiter.on_pool_ready(conn, True)
-            return
+            if self._attach(conn, waiter, True):
+                if pending:
+                    self._try_connect()
+                return
         conn.idle_since = self.loop.time()
         self.idle.append(conn)
         if self._idle_timer is None:
             self._arm_idle_timer()
 
-    def on_connection_closed(self, conn: UpstreamH1Connection) -> None:
+    def on_connection_closed(self, conn: UpstreamH1Connection, with_active_rq: bool) -> None:
         if conn in self.busy:
             self.busy.discard(conn)
         else:
@@ -107,37 +138,49 @@ class H1Pool:
             except ValueError:
                 pass
         cluster = self.cluster
+        stats = cluster.stats
         cluster.cx_active -= 1
-        cluster.stats.upstream_cx_active -= 1
-        cluster.stats.upstream_cx_destroy += 1
+        stats.upstream_cx_active -= 1
+        stats.upstream_cx_destroy += 1
         if conn.local_close:
-            cluster.stats.upstream_cx_destroy_local += 1
+            stats.upstream_cx_destroy_local += 1
         else:
-            cluster.stats.upstream_cx_destroy_remote += 1
-        if conn.stream is not None:
-            cluster.stats.upstream_cx_destroy_with_active_rq += 1
+            stats.upstream_cx_destroy_remote += 1
+        if with_active_rq:
+            stats.upstream_cx_destroy_with_active_rq += 1
             if conn.local_close:
-                cluster.stats.upstream_cx_destroy_local_with_active_rq += 1
+                stats.upstream_cx_destroy_local_with_active_rq += 1
             else:
-                cluster.stats.upstream_cx_destroy_remote_with_active_rq += 1
+                stats.upstream_cx_destroy_remote_with_active_rq += 1
         self.host.stats.cx_active -= 1
         if self.pending:
-            self._maybe_connect()
-
-    def _maybe_connect(self):
-        if self.connecting < len(self.pending) and \
-                self.cluster.cx_active < self.cluster.thresholds.max_connections:
-            self._connect()
+            self._try_connect()
 
     # ------------------------------------------------------------------ connecting
+
+    def _try_connect(self) -> None:
+        """Envoy's ``tryCreateNewConnections``: up to three connections while queued requests
+        outnumber connecting ones; over ``max_connections`` each wish counts an overflow."""
+        cluster = self.cluster
+        for _ in range(3):
+            if len(self.pending) <= self.connecting:
+                return
+            allowed = cluster.cx_active < cluster.thresholds.max_connections
+            if not allowed:
+                cluster.stats.upstream_cx_overflow += 1
+            if allowed or not (self.idle or self.busy or self.connecting):
+                self._connect()
+            if not allowed:
+                return
 
     def _connect(self) -> None:
         self.connecting += 1
         cluster = self.cluster
         cluster.cx_active += 1
-        cluster.stats.upstream_cx_total += 1
-        cluster.stats.upstream_cx_active += 1
-        cluster.stats.upstream_cx_http1_total += 1
+        stats = cluster.stats
+        stats.upstream_cx_total += 1
+        stats.upstream_cx_active += 1
+        stats.upstream_cx_http1_total += 1
         self.host.stats.cx_total += 1
         self.host.stats.cx_active += 1
         self.loop.create_task(self._do_connect())
@@ -159,20 +202,19 @@ class H1Pool:
             self._connect_failed(exc)
             return
         self.connecting -= 1
-        self._connected(conn)
-
-    def _connected(self, conn) -> None:
-        if self.pending:
-            waiter = self.pending.popleft()
+        conn.connected = True
+        if conn.closed:
+            return
+        pending = self.pending
+        while pending:
+            waiter = pending.popleft()
             self._pending_done()
-            self.busy.add(conn)
-            conn.stream = waiter
-            waiter.on_pool_ready(conn, False)
-        else:
-            conn.idle_since = self.loop.time()
-            self.idle.append(conn)
-            if self._idle_timer is None:
-                self._arm_idle_timer()
+            if self._attach(conn, waiter, False):
+                return
+        conn.idle_since = self.loop.time()
+        self.idle.append(conn)
+        if self._idle_timer is None:
+            self._arm_idle_timer()
 
     def _connect_failed(self, exc) -> None:
         cluster = self.cluster
@@ -184,18 +226,22 @@ class H1Pool:
         self.host.stats.cx_active -= 1
         self.host.stats.cx_connect_fail += 1
         if isinstance(exc, asyncio.TimeoutError):
+            # Envoy closes the socket itself on a connect timeout: a local close.
             stats.upstream_cx_connect_timeout += 1
+            stats.upstream_cx_destroy_local += 1
             reason, detail = CONNECT_TIMEOUT, ""
         else:
+            stats.upstream_cx_destroy_remote += 1
             reason = CONNECTION_FAILURE
             code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.ECONNREFUSED
             detail = f"delayed connect error: {code}"
         log.debug("connect to %s failed: %s", self.host.address_str, exc)
-        # As Envoy: when no other attempt is under way, every waiter fails with this reason.
-        failed = []
-        while self.pending and self.connecting < len(self.pending):
-            failed.append(self.pending.popleft())
+        # As Envoy (purgePendingStreams): a failed connect fails every queued request.
+        failed = list(self.pending)
+        self.pending.clear()
+        for waiter in failed:
             self._pending_done()
+            stats.upstream_rq_pending_failure_eject += 1
         for waiter in failed:
             waiter.on_pool_failure(reason, detail)
 
@@ -229,4 +275,3 @@ class H1Pool:
         return (f"<H1Pool {self.host.address_str} [Requests: {len(self.busy)} active, "
                 f"{len(self.pending)} queued | Connections: {len(self.busy)} active, "
                 f"{len(self.idle)} idle, {self.connecting} connecting]>")
-

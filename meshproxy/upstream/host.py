@@ -12,13 +12,16 @@ HostStats = stat_block(
 
 # envoy.config.core.v3.HealthStatus
 UNKNOWN, HEALTHY, UNHEALTHY, DRAINING, TIMEOUT, DEGRADED = range(6)
-_HEALTH_NAMES = {UNKNOWN: "healthy", HEALTHY: "healthy", UNHEALTHY: "/eds_health_status/unhealthy",
-                 DRAINING: "/eds_health_status/draining", TIMEOUT: "/eds_health_status/timeout",
-                 DEGRADED: "/eds_health_status/degraded"}
 
 
 class Host:
-    """One endpoint of a cluster. ``address`` is ``(ip, port)`` for TCP or a path for a pipe."""
+    """One endpoint of a cluster. ``address`` is ``(ip, port)`` for TCP or a path for a pipe.
+
+    Health follows Envoy's EDS mapping (``upstream_impl.cc``, ``HostImpl`` health flags):
+    UNHEALTHY and TIMEOUT set ``/failed_eds_health``, DEGRADED ``/degraded_eds_health`` (the host
+    serves only the load the priority's degraded share is given), DRAINING
+    ``/eds_status_draining`` (excluded from load balancing and from the health percentages).
+    """
 
     __slots__ = ("cluster", "address", "hostname", "weight", "health_status", "priority",
                  "locality", "metadata", "stats", "pool", "address_bytes", "address_str",
@@ -39,7 +42,11 @@ class Host:
         self.stats = HostStats()
         self.pool = None
         self.outlier_ejected = False
-        if unix:
+        self.set_address(address)
+
+    def set_address(self, address) -> None:
+        self.address = address
+        if self.unix:
             self.address_str = str(address)
         elif ":" in address[0]:
             self.address_str = f"[{address[0]}]:{address[1]}"
@@ -51,9 +58,28 @@ class Host:
     def healthy(self) -> bool:
         return self.health_status in (UNKNOWN, HEALTHY) and not self.outlier_ejected
 
+    @property
+    def degraded(self) -> bool:
+        return self.health_status == DEGRADED and not self.outlier_ejected
+
+    @property
+    def excluded(self) -> bool:
+        return self.health_status == DRAINING
+
     def health_flags(self) -> str:
-        return _HEALTH_NAMES.get(self.health_status, "healthy")
+        """Envoy's ``healthFlagsToString``: the set flags in enum order, or ``healthy``."""
+        out = ""
+        if self.outlier_ejected:
+            out += "/failed_outlier_check"
+        st = self.health_status
+        if st == UNHEALTHY or st == TIMEOUT:
+            out += "/failed_eds_health"
+        elif st == DEGRADED:
+            out += "/degraded_eds_health"
+        elif st == DRAINING:
+            out += "/eds_status_draining"
+        return out or "healthy"
 
     def __repr__(self):
-        return (f"<Host {self.address_str} w={self.weight} "
-                f"{'healthy' if self.healthy else 'unhealthy'} rq_active={self.stats.rq_active}>")
+        return (f"<Host {self.address_str} w={self.weight} p={self.priority} "
+                f"{self.health_flags()} rq_active={self.stats.rq_active}>")
