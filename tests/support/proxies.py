@@ -23,8 +23,6 @@ import tempfile
 import time
 import urllib.request
 
-import yaml
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 REAL_CONFIGS = os.path.join(SHARED, "real-configs")
@@ -64,9 +62,11 @@ class ProxyProcess:
         boot = self.bootstrap
         boot.setdefault("admin", {"address": {"socket_address": {"address": "127.0.0.1",
                                                                    "port_value": 0}}})
-        cfg = os.path.join(self.dir, "bootstrap.yaml")
+        # JSON, not YAML: PyYAML writes strings like "n" or "y" unquoted and yaml-cpp (Envoy)
+        # reads those back as booleans.
+        cfg = os.path.join(self.dir, "bootstrap.json")
         with open(cfg, "w") as f:
-            yaml.safe_dump(boot, f)
+            json.dump(boot, f)
         addr_path = os.path.join(self.dir, "admin_address")
         if self.kind == "envoy":
             binary = find_envoy()
