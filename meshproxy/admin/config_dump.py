@@ -1,17 +1,40 @@
 """``/config_dump`` in Envoy's format: an ``envoy.admin.v3.ConfigDump`` with the bootstrap,
-clusters, listeners, scoped routes, routes and secrets dumps, rendered as proto-named JSON
-(snake_case, as Envoy prints it)."""
+clusters, (endpoints with ``include_eds``), listeners, scoped routes, routes and secrets dumps,
+rendered as proto-named JSON (snake_case, as Envoy prints it).
+
+Parameters as Envoy 1.40 handles them (``source/server/admin/config_dump_handler.cc``):
+``resource`` picks one repeated field and lists its elements; ``mask`` is a FieldMask applied
+to each dump, or with ``resource`` to each element (unpacking the one ``Any`` it names, as
+``trimResourceMessage`` does); ``name_regex`` keeps resources whose name *fully* matches (RE2);
+``include_eds`` is true when present (whatever its value).
+
+An extension config meshproxy has no schema for (``UnknownExtension``; the bootstrap parser
+carries it as a marked ``Struct``) is dumped as a ``xds.type.v3.TypedStruct`` with the original
+type URL and fields: Envoy would print the message itself, which needs its schema; the
+TypedStruct keeps every field and stays parseable as a ``ConfigDump`` (and loadable by Envoy).
+"""
 
 from __future__ import annotations
 
-import re
-import time
+from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
 
-from google.protobuf import json_format, timestamp_pb2
-
-from meshproxy.config.protos import _restore, message_class
+from meshproxy.config.protos import _STRUCT_URL, _UNKNOWN_MARK, message_class, unpack_any
+from meshproxy.stats.re2 import Re2Error, compile_re2
 
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_TYPED_STRUCT_URL = "type.googleapis.com/xds.type.v3.TypedStruct"
+_ANY = "google.protobuf.Any"
+_HEALTH = {0: "HEALTHY", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING", 4: "TIMEOUT",
+           5: "DEGRADED"}
+
+
+class DumpError(Exception):
+    """An answer other than 200: ``status`` and ``text`` (Envoy sends ``text/plain``)."""
+
+    def __init__(self, status: int, text: str):
+        super().__init__(text)
+        self.status = status
+        self.text = text
 
 
 def _ts(t: float):
@@ -20,15 +43,7 @@ def _ts(t: float):
     return ts
 
 
-def _pack(msg):
-    from google.protobuf import any_pb2
-    a = any_pb2.Any()
-    a.Pack(msg)
-    return a
-
-
 def _inline_route_configs(listeners):
-    from meshproxy.config.protos import unpack_any
     out = []
     for lst in listeners:
         chains = list(lst.filter_chains)
@@ -43,89 +58,205 @@ def _inline_route_configs(listeners):
     return out
 
 
-def build(ctx, resource: str | None = None, name_regex: str | None = None,
-          include_eds: bool = False) -> dict:
-    cfg = ctx.config
-    boot = cfg.bootstrap
+def _bootstrap_dump(ctx, t):
+    from meshproxy.admin.status import set_user_agent
+    A = message_class
+    bcd = A("envoy.admin.v3.BootstrapConfigDump")()
+    bcd.bootstrap.CopyFrom(ctx.config.bootstrap)
+    set_user_agent(bcd.bootstrap.node)
+    bcd.last_updated.CopyFrom(t)
+    return bcd
+
+
+def _endpoint_dump(ctx, t, match):
+    """Envoy dumps the endpoints it holds (after DNS, with health and weights filled in), not
+    the configured ``load_assignment``."""
+    A = message_class
+    ecd = A("envoy.admin.v3.EndpointsConfigDump")()
+    cm = ctx.cluster_manager
+    for name in sorted(cm.clusters):
+        if not match(name):
+            continue
+        cluster = cm.clusters[name]
+        cla = A("envoy.config.endpoint.v3.ClusterLoadAssignment")(cluster_name=name)
+        groups: dict = {}
+        for h in cluster.hosts:
+            key = (h.priority, tuple(h.locality or ("", "", "")))
+            le = groups.get(key)
+            if le is None:
+                le = groups[key] = cla.endpoints.add()
+                region, zone, sub_zone = key[1]
+                le.locality.SetInParent()
+                le.locality.region, le.locality.zone, le.locality.sub_zone = region, zone, sub_zone
+                le.load_balancing_weight.value = 0
+                le.priority = h.priority
+            lb = le.lb_endpoints.add()
+            if h.unix:
+                lb.endpoint.address.pipe.path = str(h.address)
+            else:
+                lb.endpoint.address.socket_address.address = h.address[0]
+                lb.endpoint.address.socket_address.port_value = h.address[1]
+            lb.endpoint.health_check_config.SetInParent()
+            if h.hostname:
+                lb.endpoint.hostname = h.hostname
+            lb.health_status = 1 if h.healthy else (5 if h.degraded else 2)
+            lb.load_balancing_weight.value = h.weight
+        cla.policy.overprovisioning_factor.value = 140
+        se = ecd.static_endpoint_configs.add()
+        se.endpoint_config.Pack(cla)
+        se.last_updated.CopyFrom(t)
+    return ecd
+
+
+def _dumps(ctx, match, include_eds: bool) -> list:
+    boot = ctx.config.bootstrap
     t = _ts(ctx.start_time)
     A = message_class
-    dumps = []
-
-    bcd = A("envoy.admin.v3.BootstrapConfigDump")()
-    bcd.bootstrap.CopyFrom(boot)
-    bcd.last_updated.CopyFrom(t)
-    dumps.append(bcd)
+    dumps = [_bootstrap_dump(ctx, t)]
 
     ccd = A("envoy.admin.v3.ClustersConfigDump")()
-    for c in boot.static_resources.clusters:
-        sc = ccd.static_clusters.add()
-        sc.cluster.Pack(c)
-        sc.last_updated.CopyFrom(t)
+    # Envoy lists clusters by name, whatever their order in the bootstrap.
+    for c in sorted(boot.static_resources.clusters, key=lambda c: c.name):
+        if match(c.name):
+            sc = ccd.static_clusters.add()
+            sc.cluster.Pack(c)
+            sc.last_updated.CopyFrom(t)
     dumps.append(ccd)
+    if include_eds:
+        dumps.append(_endpoint_dump(ctx, t, match))
 
     lcd = A("envoy.admin.v3.ListenersConfigDump")()
     for lst in boot.static_resources.listeners:
-        sl = lcd.static_listeners.add()
-        sl.listener.Pack(lst)
-        sl.last_updated.CopyFrom(t)
+        if match(lst.name):
+            sl = lcd.static_listeners.add()
+            sl.listener.Pack(lst)
+            sl.last_updated.CopyFrom(t)
     dumps.append(lcd)
 
     dumps.append(A("envoy.admin.v3.ScopedRoutesConfigDump")())
 
     rcd = A("envoy.admin.v3.RoutesConfigDump")()
     for rc in _inline_route_configs(boot.static_resources.listeners):
-        sr = rcd.static_route_configs.add()
-        sr.route_config.Pack(rc)
-        sr.last_updated.CopyFrom(t)
+        if match(rc.name):
+            sr = rcd.static_route_configs.add()
+            sr.route_config.Pack(rc)
+            sr.last_updated.CopyFrom(t)
     dumps.append(rcd)
 
     dumps.append(A("envoy.admin.v3.SecretsConfigDump")())
+    return dumps
 
-    if include_eds:
-        ecd = A("envoy.admin.v3.EndpointsConfigDump")()
-        for c in boot.static_resources.clusters:
-            if c.HasField("load_assignment"):
-                se = ecd.static_endpoint_configs.add()
-                se.endpoint_config.Pack(c.load_assignment)
-                se.last_updated.CopyFrom(t)
-        dumps.append(ecd)
 
+def build(ctx, resource: str | None = None, name_regex: str | None = None,
+          include_eds: bool = False, mask: str | None = None) -> dict:
+    """The ConfigDump as a JSON-ready dict; DumpError for Envoy's 400/404 answers."""
+    match = _name_matcher(name_regex)
+    dumps = _dumps(ctx, match, include_eds)
+    paths = [p for p in mask.split(",")] if mask is not None else None
     if resource:
-        return _resource_dump(dumps, resource, name_regex)
-    cd = A("envoy.admin.v3.ConfigDump")()
-    for d in dumps:
-        cd.configs.append(_pack(d))
-    return _restore(json_format.MessageToDict(cd, preserving_proto_field_name=True))
-
-
-def _resource_dump(dumps, resource: str, name_regex: str | None) -> dict:
-    """``?resource=static_clusters`` etc.: the named repeated field of whichever dump has it,
-    each element packed, as Envoy returns it."""
-    rx = re.compile(name_regex) if name_regex else None
+        return _resource_dump(dumps, resource, paths)
     out = []
+    for d in dumps:
+        if paths is not None and not _trim(d, paths):
+            continue
+        out.append(d)
+    if paths is not None and not out:
+        raise DumpError(400, f"FieldMask {mask} could not be successfully applied to any "
+                             f"configs.")
+    cd = message_class("envoy.admin.v3.ConfigDump")()
+    for d in out:
+        cd.configs.add().Pack(d)
+    return to_dict(cd)
+
+
+def _name_matcher(name_regex: str | None):
+    if not name_regex:
+        return lambda name: True
+    try:
+        rx = compile_re2(name_regex)
+    except Re2Error as exc:
+        raise DumpError(400, f"INVALID_ARGUMENT: Error while parsing name_regex from "
+                             f"{name_regex}: {exc}") from None
+    return lambda name: rx.fullmatch(name) is not None
+
+
+def _resource_dump(dumps, resource: str, paths) -> dict:
+    """``?resource=static_clusters``: the elements of the first dump with that field."""
     for d in dumps:
         field = d.DESCRIPTOR.fields_by_name.get(resource)
         if field is None:
             continue
+        if not _repeated(field):
+            raise DumpError(400, f"{resource} is not a repeated field. Use ?mask={resource} "
+                                 f"to get only this field")
+        cd = message_class("envoy.admin.v3.ConfigDump")()
         for item in getattr(d, resource):
-            if rx is not None and not rx.search(_item_name(item)):
-                continue
-            out.append(_restore(json_format.MessageToDict(item, preserving_proto_field_name=True)))
-        if "@type" not in (out[0] if out else {}):
-            out = [{"@type": "type.googleapis.com/" + field.message_type.full_name, **o}
-                   for o in out]
-        return {"configs": out}
-    raise KeyError(resource)
+            if paths is not None and not _trim_resource(item, paths):
+                listed = "".join(f'paths: "{p}"\n' for p in paths)
+                raise DumpError(400, f"FieldMask goo.gle/debugproto    \n{listed} could not be "
+                                     f"successfully used.")
+            cd.configs.add().Pack(item)
+        return to_dict(cd)
+    raise DumpError(404, f"{resource} not found in config dump")
 
 
-def _item_name(item) -> str:
-    from meshproxy.config.protos import unpack_any
-    for f in ("cluster", "listener", "route_config", "endpoint_config"):
-        if f in item.DESCRIPTOR.fields_by_name and item.HasField(f):
-            inner = unpack_any(getattr(item, f), "")
-            return getattr(inner, "name", "") or getattr(inner, "cluster_name", "")
-    return ""
+def _repeated(field) -> bool:
+    rep = getattr(field, "is_repeated", None)
+    return rep if rep is not None else field.label == field.LABEL_REPEATED
 
 
-def now_ts():
-    return _ts(time.time())
+def _trim(msg, paths) -> bool:
+    """``checkFieldMaskAndTrimMessage``: False (untouched) if the mask does not fit ``msg``."""
+    fm = field_mask_pb2.FieldMask(paths=paths)
+    if not fm.IsValidForDescriptor(msg.DESCRIPTOR):
+        return False
+    trimmed = type(msg)()
+    fm.MergeMessage(msg, trimmed)
+    msg.CopyFrom(trimmed)
+    return True
+
+
+def _trim_resource(msg, paths) -> bool:
+    """``trimResourceMessage``: paths through one singular ``Any`` field apply to the message
+    packed in it."""
+    outer, inner, any_name = [], [], None
+    for path in paths:
+        head, _, rest = path.partition(".")
+        field = msg.DESCRIPTOR.fields_by_name.get(head)
+        if field is not None and field.message_type is not None and \
+                not _repeated(field) and field.message_type.full_name == _ANY:
+            any_name = head
+            inner.append(rest)
+            outer.append(head)
+        else:
+            outer.append(path)
+    if any_name is not None and msg.HasField(any_name):
+        packed = getattr(msg, any_name)
+        cls = message_class(packed.type_url.rsplit("/", 1)[-1])
+        if cls is None:
+            return False
+        unpacked = cls()
+        packed.Unpack(unpacked)
+        if not _trim(unpacked, inner):
+            return False
+        packed.Pack(unpacked)
+    return _trim(msg, outer)
+
+
+def to_dict(msg) -> dict:
+    """Proto-named JSON of ``msg``, with placeholders of unknown extensions as TypedStruct."""
+    return _typed_structs(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+
+
+def _typed_structs(value):
+    if isinstance(value, dict):
+        if value.get("@type") == _STRUCT_URL and isinstance(value.get("value"), dict) \
+                and _UNKNOWN_MARK in value["value"]:
+            inner = dict(value["value"])
+            url = inner.pop(_UNKNOWN_MARK)
+            return {"@type": _TYPED_STRUCT_URL, "type_url": url, "value": inner}
+        return {k: _typed_structs(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed_structs(v) for v in value]
+    return value
+

@@ -5,12 +5,22 @@ A *stat block* is a small object whose counters and gauges are plain ``int`` att
 The store maps a name prefix (``cluster.up.``, ``http.ingress.``) to each block and produces
 Envoy's flat names (``cluster.up.upstream_rq_total``) only when the admin API asks.
 
-Envoy's ``usedonly`` means "written at least once". Counters are used when non-zero; gauges are
-used when non-zero or once a block marks them used (``mark_used``), which is how ``server.state``
-(0 when LIVE) shows up in pilot-agent's readiness query.
+``usedonly`` (admin docs: "Only include stats that have been written by system since
+restart"): Envoy sets a stat's *used* flag on every write, even of 0 (``add(0)``, ``set(0)``),
+and never clears it, not even on ``/reset_counters``. Here a stat is used when
+
+- its value is non-zero when the admin API looks, or was at any earlier look (sticky), or
+- its block marked it written (``mark_used``): what a producer does for a stat Envoy writes
+  with a zero value, such as the gauge ``server.state`` (0 when LIVE) that pilot-agent's
+  readiness query reads, or a counter Envoy initialises with ``add(0)``.
+
+The bootstrap's ``stats_config`` (``meshproxy.stats.config``) decides which names exist at all
+(``stats_matcher``) and how they become Prometheus tags; it is consulted at render time only.
 """
 
 from __future__ import annotations
+
+from meshproxy.stats.config import StatsConfig
 
 COUNTER = "counter"
 GAUGE = "gauge"
@@ -21,13 +31,15 @@ def _slot(name: str) -> str:
 
 
 def stat_block(class_name: str, counters: tuple[str, ...] = (), gauges: tuple[str, ...] = (),
-               extra: tuple[str, ...] = ()):
+               extra: tuple[str, ...] = (), counter_maps: tuple[str, ...] = ()):
     """Make a stat block class with the given counter and gauge names as int attributes.
     A dotted stat name (``main_thread.watchdog_miss``) is stored as ``main_thread__watchdog_miss``.
-    ``extra`` adds non-stat slots (e.g. a dict of per-response-code counters)."""
+    ``extra`` adds non-stat slots; ``counter_maps`` adds dict slots of per-key counters (the
+    producer reports them through a store source, ``/reset_counters`` zeroes them)."""
     c_slots = tuple((_slot(n), n) for n in counters)
     g_slots = tuple((_slot(n), n) for n in gauges)
-    slots = tuple(s for s, _ in c_slots + g_slots) + ("_used",) + tuple(extra)
+    extra = tuple(extra) + tuple(counter_maps)
+    slots = tuple(s for s, _ in c_slots + g_slots) + ("_used",) + extra
 
     def __init__(self):
         for slot, _ in c_slots + g_slots:
@@ -35,14 +47,17 @@ def stat_block(class_name: str, counters: tuple[str, ...] = (), gauges: tuple[st
         self._used = set()
         for name in extra:
             object.__setattr__(self, name, None)
+        for name in counter_maps:
+            object.__setattr__(self, name, {})
 
     def mark_used(self, *names):
+        """Record that Envoy would have written these stats (counters or gauges)."""
         self._used.update(names)
 
     def items(self):
-        for slot, name in c_slots:
-            yield name, COUNTER, getattr(self, slot), None
         used = self._used
+        for slot, name in c_slots:
+            yield name, COUNTER, getattr(self, slot), (name in used) or None
         for slot, name in g_slots:
             yield name, GAUGE, getattr(self, slot), (name in used) or None
 
@@ -54,7 +69,8 @@ def stat_block(class_name: str, counters: tuple[str, ...] = (), gauges: tuple[st
     return type(class_name, (), {
         "__slots__": slots, "__init__": __init__, "items": items, "mark_used": mark_used,
         "__repr__": __repr__, "COUNTERS": tuple(s for s, _ in c_slots),
-        "GAUGES": tuple(s for s, _ in g_slots),
+        "GAUGES": tuple(s for s, _ in g_slots), "EXTRA": extra,
+        "COUNTER_MAPS": tuple(counter_maps),
     })
 
 
@@ -77,15 +93,19 @@ class Store:
     """All stats of the process, by prefix. ``sources`` are callables yielding extra
     ``(name, kind, value, used)`` tuples for stats that are not blocks (per-code counters)."""
 
-    def __init__(self):
-        self._blocks: list[tuple[str, object]] = []
+    def __init__(self, config: StatsConfig | None = None):
+        self._blocks: list[tuple[str, object, frozenset]] = []
         self._sources: list = []
+        self._ever_used: set[str] = set()
+        self.config = config or StatsConfig()
 
-    def register(self, prefix: str, block) -> None:
-        self._blocks.append((prefix, block))
+    def register(self, prefix: str, block, exclude=()) -> None:
+        """Name ``block``'s stats ``prefix + name``; names in ``exclude`` are not shown (a block
+        type shared by scopes where Envoy does not create some of its stats)."""
+        self._blocks.append((prefix, block, frozenset(exclude)))
 
     def unregister(self, block) -> None:
-        self._blocks = [(p, b) for p, b in self._blocks if b is not block]
+        self._blocks = [e for e in self._blocks if e[1] is not block]
 
     def add_source(self, fn) -> None:
         self._sources.append(fn)
@@ -94,15 +114,33 @@ class Store:
         self._sources = [s for s in self._sources if s is not fn]
 
     def snapshot(self) -> list[Stat]:
-        """Every stat, merged by name (blocks sharing a prefix add up), sorted by name."""
+        """Every stat the stats matcher accepts, merged by name (blocks sharing a prefix add
+        up, as Envoy's scopes with the same name share one stat), sorted by name."""
         merged: dict[str, Stat] = {}
-        for prefix, block in self._blocks:
+        # Sources first: some refresh computed gauges of blocks (server.state, uptime) that
+        # must be current when the blocks are read.
+        extra = [item for source in self._sources for item in source()]
+        for prefix, block, exclude in self._blocks:
             for name, kind, value, used in block.items():
-                self._merge(merged, prefix + name, kind, value, used)
-        for source in self._sources:
-            for name, kind, value, used in source():
-                self._merge(merged, name, kind, value, used)
-        return [merged[k] for k in sorted(merged)]
+                if name not in exclude:
+                    self._merge(merged, prefix + name, kind, value, used)
+        for name, kind, value, used in extra:
+            self._merge(merged, name, kind, value, used)
+        ever = self._ever_used
+        rejects = self.config.rejects
+        out = []
+        for name in sorted(merged):
+            if rejects(name):
+                continue
+            st = merged[name]
+            if st.used:
+                ever.add(name)
+            elif name in ever:
+                st.used = True
+            out.append(st)
+        if len(ever) > len(merged):
+            ever.intersection_update(merged)  # forget stats of removed clusters/listeners
+        return out
 
     @staticmethod
     def _merge(merged, full, kind, value, used):
@@ -114,9 +152,22 @@ class Store:
             st.used = st.used or bool(used) or value != 0
 
     def reset_counters(self) -> None:
-        for _, block in self._blocks:
-            for name in block.COUNTERS:
-                setattr(block, name, 0)
+        """``/reset_counters``: counters to zero; what was used stays used, as in Envoy."""
+        self.snapshot()
+        for _, block, _ in self._blocks:
+            for slot in block.COUNTERS:
+                setattr(block, slot, 0)
+            for name in block.COUNTER_MAPS:
+                _zero(getattr(block, name))
+            for name in block.EXTRA:
+                v = getattr(block, name)
+                if isinstance(v, dict) and all(type(x) is int for x in v.values()):
+                    _zero(v)
 
     def __repr__(self):
-        return f"<Store {len(self._blocks)} blocks>"
+        return f"<Store {len(self._blocks)} blocks, {len(self._sources)} sources>"
+
+
+def _zero(d: dict) -> None:
+    for k in d:
+        d[k] = 0
