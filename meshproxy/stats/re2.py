@@ -6,9 +6,11 @@ differs from both in ways users hit: RE2 has no lookaround or back-references (a
 a match here), treats ``{,3}`` as a literal, allows ``(?i)`` mid-pattern, spells end-of-text
 ``\\z``; both know POSIX classes ``[[:digit:]]`` that Python reads as a set of characters.
 
-``translate`` rewrites a pattern into Python syntax with the same meaning, or raises
-``Re2Error`` carrying RE2's own message (``missing ): (``), which Envoy prints after
-``Invalid re2 regex: `` (re2/regexp.cc ``RegexpErrorCode`` texts).
+RE2 patterns compile with RE2 itself when Google's bindings (``google-re2``, a dependency) are
+importable. Otherwise, and always for ECMAScript, ``translate`` rewrites a pattern into Python
+syntax with the same meaning, or raises ``Re2Error`` carrying RE2's own message
+(``missing ): (``), which Envoy prints after ``Invalid re2 regex: `` (re2/regexp.cc
+``RegexpErrorCode`` texts).
 """
 
 from __future__ import annotations
@@ -28,6 +30,14 @@ _FLAGS = re.compile(r"\(\?([imsU]*(?:-[imsU]+)?)(:|\))")
 _RE2_LETTER_ESCAPES = set("abfnrtvdDsSwWbBApPxzQEC")
 
 
+try:  # the engine Envoy uses for admin filters and safe_regex
+    import re2 as _google_re2
+    _OPTIONS = _google_re2.Options()
+    _OPTIONS.log_errors = False
+except ImportError:  # pragma: no cover - google-re2 is a dependency; the translator remains
+    _google_re2 = None
+
+
 class Re2Error(ValueError):
     pass
 
@@ -38,6 +48,20 @@ def translate(pattern: str, dialect: str = "re2") -> str:
 
 
 def compile_re2(pattern: str):
+    """``pattern`` compiled by RE2 itself when Google's bindings (``google-re2``) are
+    installed, else by Python's ``re`` after translation; either way an object with
+    ``search`` and ``fullmatch`` on str, or Re2Error with RE2's message."""
+    if _google_re2 is None:
+        return compile_re2_fallback(pattern)
+    try:
+        return _google_re2.compile(pattern, _OPTIONS)
+    except _google_re2.error as exc:
+        msg = exc.args[0] if exc.args else str(exc)
+        raise Re2Error(msg.decode("utf-8", "replace") if isinstance(msg, bytes) else msg) \
+            from None
+
+
+def compile_re2_fallback(pattern: str):
     """A compiled Python regex meaning what RE2 means by ``pattern``; Re2Error if RE2 would
     refuse it."""
     try:

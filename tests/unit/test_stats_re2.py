@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import pytest
 
-from meshproxy.stats.re2 import Re2Error, compile_ecma, compile_re2
+from meshproxy.stats import re2 as re2_mod
+from meshproxy.stats.re2 import Re2Error, compile_ecma, compile_re2, compile_re2_fallback
+
+# RE2 itself (google-re2) and the translation onto Python's re must agree.
+ENGINES = [pytest.param(compile_re2_fallback, id="translated")]
+if re2_mod._google_re2 is not None:
+    ENGINES.append(pytest.param(compile_re2, id="re2"))
 
 ERRORS = [
     ("(", "missing ): ("), ("ab(cd", "missing ): ab(cd"), ("a)", "unexpected ): a)"),
@@ -19,13 +25,15 @@ ERRORS = [
     ("x(?<=a)", "invalid perl operator: (?<="), ("(?P=n)", "invalid perl operator: (?P"),
     ("[z-a]", "invalid character class range: z-a"),
     ("[[:foo:]]", "invalid character class range: [:foo:]"), ("x\\", "trailing \\"),
+    ("(?#c)", "invalid perl operator: (?#"),
 ]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("pattern,message", ERRORS, ids=[e[0] for e in ERRORS])
-def test_re2_rejects_like_re2(pattern, message):
+def test_re2_rejects_like_re2(engine, pattern, message):
     with pytest.raises(Re2Error) as e:
-        compile_re2(pattern)
+        engine(pattern)
     assert str(e.value) == message
 
 
@@ -48,9 +56,12 @@ MATCHES = [
 ]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("pattern,text,hit", MATCHES, ids=[f"{m[0]}~{m[1]}" for m in MATCHES])
-def test_re2_matches_like_re2(pattern, text, hit):
-    assert (compile_re2(pattern).search(text) is not None) is hit
+def test_re2_matches_like_re2(engine, pattern, text, hit):
+    rx = engine(pattern)
+    assert (rx.search(text) is not None) is hit
+    assert (rx.fullmatch(text) is not None) is (hit and rx.search(text).group(0) == text)
 
 
 def test_ecma_for_custom_tags():
