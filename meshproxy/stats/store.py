@@ -97,15 +97,22 @@ class Store:
         self._blocks: list[tuple[str, object, frozenset]] = []
         self._sources: list = []
         self._ever_used: set[str] = set()
+        self._deferred: set[int] = set()   # ids of deferred blocks not written yet
         self.config = config or StatsConfig()
 
-    def register(self, prefix: str, block, exclude=()) -> None:
+    def register(self, prefix: str, block, exclude=(), deferred: bool = False) -> None:
         """Name ``block``'s stats ``prefix + name``; names in ``exclude`` are not shown (a block
-        type shared by scopes where Envoy does not create some of its stats)."""
+        type shared by scopes where Envoy does not create some of its stats). A ``deferred``
+        block appears only once one of its stats is written, as Envoy creates stats such as a
+        cluster's traffic stats under ``deferred_stat_options.enable_deferred_creation_stats``
+        on first use."""
         self._blocks.append((prefix, block, frozenset(exclude)))
+        if deferred:
+            self._deferred.add(id(block))
 
     def unregister(self, block) -> None:
         self._blocks = [e for e in self._blocks if e[1] is not block]
+        self._deferred.discard(id(block))
 
     def add_source(self, fn) -> None:
         self._sources.append(fn)
@@ -120,8 +127,15 @@ class Store:
         # Sources first: some refresh computed gauges of blocks (server.state, uptime) that
         # must be current when the blocks are read.
         extra = [item for source in self._sources for item in source()]
+        deferred = self._deferred
         for prefix, block, exclude in self._blocks:
-            for name, kind, value, used in block.items():
+            items = block.items()
+            if deferred and id(block) in deferred:
+                items = list(items)
+                if not any(value or used for _, _, value, used in items):
+                    continue
+                deferred.discard(id(block))
+            for name, kind, value, used in items:
                 if name not in exclude:
                     self._merge(merged, prefix + name, kind, value, used)
         for name, kind, value, used in extra:
@@ -157,9 +171,9 @@ class Store:
         for _, block, _ in self._blocks:
             for slot in block.COUNTERS:
                 setattr(block, slot, 0)
-            for name in block.COUNTER_MAPS:
+            for name in getattr(block, "COUNTER_MAPS", ()):
                 _zero(getattr(block, name))
-            for name in block.EXTRA:
+            for name in getattr(block, "EXTRA", ()):
                 v = getattr(block, name)
                 if isinstance(v, dict) and all(type(x) is int for x in v.values()):
                     _zero(v)

@@ -104,3 +104,14 @@ def test_unregister():
     st.register("x.", b)
     st.unregister(b)
     assert st.snapshot() == []
+
+
+def test_deferred_block_appears_on_first_write():
+    st = Store()
+    b = Block()
+    st.register("cluster.xds-grpc;.", b, deferred=True)
+    assert st.snapshot() == []
+    b.rq_total += 1
+    assert "cluster.xds-grpc;.cx_active" in _by_name(st)
+    b.rq_total = 0
+    assert "cluster.xds-grpc;.rq_total" in _by_name(st)   # once created, it stays
