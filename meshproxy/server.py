@@ -36,6 +36,17 @@ ServerStats = stat_block(
             "meshproxy.extensions_skipped"),
 )
 
+# Listener-filter stats are global in Envoy (``tls_inspector.tls_found`` ...).
+InspectorStats = stat_block(
+    "InspectorStats",
+    counters=("tls_inspector.client_hello_too_large", "tls_inspector.tls_found",
+              "tls_inspector.tls_not_found", "tls_inspector.alpn_found",
+              "tls_inspector.alpn_not_found", "tls_inspector.sni_found",
+              "tls_inspector.sni_not_found", "http_inspector.read_error",
+              "http_inspector.http10_found", "http_inspector.http11_found",
+              "http_inspector.http2_found", "http_inspector.http_not_found"),
+)
+
 # envoy.admin.v3.ServerInfo.State
 LIVE, DRAINING, PRE_INITIALIZING, INITIALIZING = 0, 1, 2, 3
 STATE_NAMES = {LIVE: "LIVE", DRAINING: "DRAINING", PRE_INITIALIZING: "PRE_INITIALIZING",
@@ -58,6 +69,8 @@ class ServerContext:
         self.healthcheck_failed = False
         self.shutdown_event = asyncio.Event()
         self.admin = None
+        self.inspector_stats = InspectorStats()
+        self.store.register("", self.inspector_stats)
 
 
 def _server_stats(ctx) -> "ServerStats":

@@ -39,6 +39,21 @@ def start_meshproxy(codec):
 
 
 @pytest.fixture
+def start_meshproxy_default():
+    """Like start_meshproxy, with the default HTTP/1 codec only (for tests about something
+    other than HTTP/1 parsing)."""
+    procs = []
+
+    def start(boot, *args, env=None):
+        p = ProxyProcess("meshproxy", boot, args, env=env).start()
+        procs.append(p)
+        return p
+    yield start
+    for p in procs:
+        p.stop()
+
+
+@pytest.fixture
 def start_envoy():
     if find_envoy() is None:
         pytest.skip("Envoy oracle not installed (run ./scripts/test, or set MESHPROXY_ENVOY)")

@@ -1,17 +1,19 @@
 """Translate ``envoy.config.listener.v3.Listener`` into ``ListenerConfig`` and its filter chains.
 
-For now a listener serves one filter chain without match criteria (or its
-``default_filter_chain``); filter-chain matching, listener filters and original-destination
-hand-off come with transparent interception. Network filters: ``http_connection_manager`` and
-``tcp_proxy`` are terminal; telemetry filters Istio adds in front of them are skipped
-(``config.extensions``).
+Filter chains are selected by ``listener.chain_match`` (Envoy's precedence) after the listener
+filters (``listener.listener_filters``) have looked at the connection; a listener with
+``use_original_dst`` hands connections to the listener of their original destination.
+Network filters: ``http_connection_manager`` and ``tcp_proxy`` are terminal; telemetry filters
+Istio adds in front of them are skipped (``config.extensions``).
 """
 
 from __future__ import annotations
 
 from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
-from meshproxy.config.protos import UnknownExtension, unpack_any, wrapped
+from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
+from meshproxy.listener.chain_match import FilterChainMatcher
+from meshproxy.listener.listener_filters import ORIGINAL_DST, build_listener_filters
 from meshproxy.stats import stat_block
 from meshproxy.upstream.cluster_config import socket_address
 
@@ -50,17 +52,28 @@ class FilterChain:
 class ListenerConfig:
     __slots__ = ("name", "address", "unix", "stat_name", "chains", "default_chain", "buffer_limit",
                  "bind_to_port", "reuse_port", "backlog", "traffic_direction", "transparent",
-                 "freebind", "ipv4_compat", "proto")
+                 "freebind", "ipv4_compat", "matcher", "listener_filters", "use_original_dst",
+                 "filters_timeout", "continue_on_timeout", "restores_original_dst", "proto")
 
     def __init__(self, **kw):
         for n in self.__slots__:
             setattr(self, n, kw.get(n))
+        if self.listener_filters is None:
+            self.listener_filters = ()
 
-    def select_filter_chain(self, conn):
-        chains = self.chains
-        if len(chains) == 1:
-            return chains[0]
-        return self.default_chain
+    def select_filter_chain(self, info):
+        """The filter chain for a connection (``info``: chain_match.ConnInfo, or None when the
+        listener has no match criteria), else the default chain, else None."""
+        m = self.matcher
+        if m is None:
+            return self.chains[0] if self.chains else self.default_chain
+        chain = m.select(info)
+        return chain if chain is not None else self.default_chain
+
+    def inspectors_for(self, dst_port: int) -> tuple:
+        """The inspecting listener filters active for this destination port, in order."""
+        return tuple(f.kind for f in self.listener_filters
+                     if f.kind != ORIGINAL_DST and f.active_for(dst_port))
 
     def all_chains(self):
         out = list(self.chains)
@@ -130,24 +143,21 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
             raise ConfigError(path, "internal and API listeners are not supported by meshproxy")
         raise ConfigError(join(path, "address"), "value is required")
     address, unix = socket_address(lst.address, join(path, "address"))
-    if lst.use_original_dst.value if lst.HasField("use_original_dst") else False:
-        raise ConfigError(join(path, "use_original_dst"),
-                          "original destination hand-off is not supported yet")
-    for i, lf in enumerate(lst.listener_filters):
-        typed = unpack_any(lf.typed_config, f"{join(path, 'listener_filters')}[{i}]") \
-            if lf.HasField("typed_config") else None
-        extensions.unimplemented("listener filter", lf.name, typed, True,
-                                 f"{join(path, 'listener_filters')}[{i}]")
+    listener_filters = build_listener_filters(lst.listener_filters, path)
+    if lst.HasField("filter_chain_matcher"):
+        raise ConfigError(join(path, "filter_chain_matcher"),
+                          "the matcher-based filter chain selection is not supported yet")
     chains = []
+    entries = []
     for i, fc in enumerate(lst.filter_chains):
         cpath = f"{join(path, 'filter_chains')}[{i}]"
-        if not _empty_match(fc.filter_chain_match):
-            raise ConfigError(join(cpath, "filter_chain_match"),
-                              "filter_chain_match criteria are not supported yet")
-        chains.append(build_filter_chain(fc, cpath, cluster_names))
-    if len(chains) > 1:
-        raise ConfigError(join(path, "filter_chains"), "multiple filter chains with the same "
-                                                       "matching rules are defined")
+        chain = build_filter_chain(fc, cpath, cluster_names)
+        chains.append(chain)
+        entries.append((fc.filter_chain_match, chain))
+    matcher = None
+    if len(chains) > 1 or any(not _empty_match(fc.filter_chain_match)
+                              for fc in lst.filter_chains):
+        matcher = FilterChainMatcher(entries, path)
     default = None
     if lst.HasField("default_filter_chain"):
         default = build_filter_chain(lst.default_filter_chain,
@@ -161,6 +171,12 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
         stat_name=listener_stat_name(address, unix, lst.stat_prefix),
         chains=tuple(chains),
         default_chain=default,
+        matcher=matcher,
+        listener_filters=listener_filters,
+        restores_original_dst=any(f.kind == ORIGINAL_DST for f in listener_filters),
+        use_original_dst=wrapped(lst, "use_original_dst", False),
+        filters_timeout=duration(lst, "listener_filters_timeout", 15.0),
+        continue_on_timeout=lst.continue_on_listener_filters_timeout,
         buffer_limit=wrapped(lst, "per_connection_buffer_limit_bytes", 1024 * 1024),
         bind_to_port=wrapped(lst, "bind_to_port", True),
         reuse_port=wrapped(lst, "enable_reuse_port", True),

@@ -120,13 +120,32 @@ class ListenerManager:
         self.ctx = ctx
         self.store = store
         self.listeners: dict[str, ActiveListener] = {}
+        self._by_address: dict[tuple, ActiveListener] = {}
         self.stats = ListenerManagerStats()
         self.stats.mark_used("total_listeners_warming", "total_listeners_active",
                              "total_listeners_draining", "workers_started")
         store.register("listener_manager.", self.stats)
 
+    def find_handoff(self, addr, origin):
+        """The listener a ``use_original_dst`` listener hands a connection to (Envoy's
+        ``getBalancedHandlerByAddress``): the one configured on exactly ``IP:port``, else on
+        the wildcard address with that port; None keeps it on ``origin`` (so a connection
+        addressed to the catch-all itself cannot loop)."""
+        if not isinstance(addr, tuple):
+            return None
+        ip, port = addr[0], addr[1]
+        if ip.startswith("::ffff:") and "." in ip:
+            ip = ip[7:]
+        for key in ((ip, port), ("::" if ":" in ip else "0.0.0.0", port)):
+            target = self._by_address.get(key)
+            if target is not None:
+                return None if target is origin else target
+        return None
+
     def add(self, config) -> ActiveListener:
         al = ActiveListener(config, self.ctx)
+        if not config.unix:
+            self._by_address.setdefault((config.address[0], config.address[1]), al)
         for chain in config.all_chains():
             chain.ctx = self.ctx
             cfg = chain.config
