@@ -31,14 +31,20 @@ LEVELS = {
 _LEVEL_NAMES = {TRACE: "trace", logging.DEBUG: "debug", logging.INFO: "info",
                 logging.WARNING: "warning", logging.ERROR: "error", logging.CRITICAL: "critical"}
 
-# Envoy's logger ids (source/common/common/logger.h) that meshproxy code logs under or that
-# pilot-agent may name in --component-log-level. Unknown names are an error, as in Envoy.
+# Envoy 1.40's logger ids, in the order its /logging lists them (source/common/common/logger.h).
+# meshproxy logs under the ones it has code for; --component-log-level accepts exactly these,
+# as Envoy does ("invalid component specified" otherwise).
 COMPONENTS = (
-    "admin", "assert", "backtrace", "client", "config", "connection", "conn_handler", "dns",
-    "file", "filter", "grpc", "hc", "health_checker", "http", "http2", "init", "io", "main",
-    "matcher", "misc", "pool", "rbac", "rds", "router", "runtime", "secret", "stats", "tracing",
-    "upstream", "udp", "wasm", "websocket", "xds", "ext_authz", "jwt", "lua", "tap", "quic",
-    "envoy_bug", "forward_proxy", "happy_eyeballs", "kafka", "redis", "thrift", "mongo",
+    "a2a", "admin", "ai_protocol_manager", "alternate_protocols_cache", "aws", "assert",
+    "backtrace", "basic_auth", "cache_filter", "client", "config", "connection", "conn_handler",
+    "compression", "credential_injector", "decompression", "dns", "dubbo", "envoy_bug",
+    "ext_authz", "ext_proc", "rocketmq", "file", "filter", "forward_proxy", "geolocation",
+    "grpc", "happy_eyeballs", "hc", "health_checker", "http", "http2", "hystrix", "init", "io",
+    "jwt", "json_rpc", "kafka", "key_value_store", "lua", "local_rate_limit", "main", "matcher",
+    "mcp", "misc", "mongo", "multi_connection", "notification", "oauth2", "quic",
+    "quic_stream", "pool", "rate_limit_quota", "rbac", "rds", "redis", "router", "runtime",
+    "stats", "secret", "sse", "tap", "testing", "thrift", "tracing", "upstream", "udp", "wasm",
+    "websocket", "golang", "stats_sinks", "dynamic_modules", "ip_tagging",
 )
 
 DEFAULT_FORMAT = "[%Y-%m-%d %T.%e][%t][%l][%n] [%g:%#] %v"
@@ -156,4 +162,4 @@ def set_all_levels(level: int) -> None:
 def component_levels() -> dict[str, str]:
     """Effective level of every component, for the admin ``/logging`` page."""
     return {name: _LEVEL_NAMES.get(component_logger(name).getEffectiveLevel(), "off")
-            for name in sorted(COMPONENTS)}
+            for name in COMPONENTS}

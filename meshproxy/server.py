@@ -27,13 +27,36 @@ ServerStats = stat_block(
     "ServerStats",
     counters=("static_unknown_fields", "dynamic_unknown_fields", "wip_protos",
               "debug_assertion_failures", "envoy_bug_failures", "envoy_notifications",
-              "main_thread.watchdog_miss", "main_thread.watchdog_mega_miss"),
-    gauges=("state", "live", "uptime", "concurrency", "hot_restart_epoch",
-            "hot_restart_generation", "total_connections", "parent_connections",
-            "memory_allocated", "memory_heap_size", "memory_physical_size",
-            "days_until_first_cert_expiring", "seconds_until_first_ocsp_response_expiring",
-            "version", "stats_recent_lookups", "compilation_settings.fips_mode",
-            "meshproxy.extensions_skipped"),
+              "dropped_stat_flushes", "main_thread.watchdog_miss",
+              "main_thread.watchdog_mega_miss", "worker_0.watchdog_miss",
+              "worker_0.watchdog_mega_miss"),
+    gauges=("state", "live", "uptime", "concurrency", "hot_restart_epoch", "total_connections",
+            "parent_connections", "memory_allocated", "memory_heap_size",
+            "memory_physical_size", "days_until_first_cert_expiring",
+            "seconds_until_first_ocsp_response_expiring", "version", "stats_recent_lookups",
+            "compilation_settings.fips_mode"),
+)
+
+# Process-wide stats Envoy has outside "server." (watchdogs, runtime, file flushing, the
+# HTTP/1 codec's global counters, per-thread cluster manager).
+GlobalStats = stat_block(
+    "GlobalStats",
+    counters=("main_thread.watchdog_miss", "main_thread.watchdog_mega_miss",
+              "workers.watchdog_miss", "workers.watchdog_mega_miss", "runtime.load_error",
+              "runtime.load_success", "runtime.override_dir_exists",
+              "runtime.override_dir_not_exists", "runtime.deprecated_feature_use",
+              "filesystem.flushed_by_timer", "filesystem.reopen_failed",
+              "filesystem.write_buffered", "filesystem.write_completed",
+              "filesystem.write_failed", "http1.dropped_headers_with_underscores",
+              "http1.metadata_not_supported_error",
+              "http1.requests_rejected_with_underscores_in_headers", "http1.response_flood",
+              "envoy.overload_actions.reset_high_memory_stream.count",
+              "meshproxy.extensions_skipped"),
+    gauges=("runtime.num_keys", "runtime.num_layers", "runtime.admin_overrides_active",
+            "runtime.deprecated_feature_seen_since_process_start",
+            "filesystem.write_total_buffered",
+            "thread_local_cluster_manager.main_thread.clusters_inflated",
+            "thread_local_cluster_manager.worker_0.clusters_inflated"),
 )
 
 # Listener-filter stats are global in Envoy (``tls_inspector.tls_found`` ...).
@@ -75,23 +98,36 @@ class ServerContext:
 
 def _server_stats(ctx) -> "ServerStats":
     st = ServerStats()
-    st.mark_used("state", "live", "uptime", "concurrency", "hot_restart_epoch",
-                 "total_connections", "parent_connections", "days_until_first_cert_expiring",
-                 "version", "memory_allocated", "memory_heap_size", "memory_physical_size",
-                 "hot_restart_generation", "compilation_settings.fips_mode")
+    # What Envoy 1.40 writes at start-up (so "usedonly" lists them), with --disable-hot-restart.
+    st.mark_used("state", "live", "uptime", "concurrency", "total_connections",
+                 "days_until_first_cert_expiring", "version", "memory_allocated",
+                 "memory_heap_size", "memory_physical_size", "compilation_settings.fips_mode",
+                 "stats_recent_lookups")
+    st.mark_used("static_unknown_fields", "dynamic_unknown_fields", "wip_protos")
     st.concurrency = ctx.options.concurrency
     st.hot_restart_epoch = ctx.options.restart_epoch
-    st.hot_restart_generation = 1
     st.days_until_first_cert_expiring = 4294967295
     st.version = int("".join(f"{int(p):02d}" for p in __version__.split(".")))
     return st
 
 
-def _refresh_server_stats(ctx, st):
-    """A stats source: refreshes the computed gauges of ``st``; yields no extra stats."""
+def _global_stats() -> "GlobalStats":
+    g = GlobalStats()
+    g.runtime__load_success = 2
+    g.runtime__override_dir_not_exists = 2
+    g.mark_used("runtime.num_keys", "runtime.num_layers",
+                "thread_local_cluster_manager.main_thread.clusters_inflated",
+                "thread_local_cluster_manager.worker_0.clusters_inflated")
+    return g
+
+
+def _refresh_server_stats(ctx, st, g):
+    """A stats source: refreshes the computed gauges; yields no extra stats."""
+    from meshproxy.admin.status import server_state
     from meshproxy.config.extensions import SkipCounter
-    st.state = ctx.state
-    st.live = 1 if ctx.state == LIVE else 0
+    state = server_state(ctx)
+    st.state = state
+    st.live = 1 if state == LIVE else 0
     st.uptime = int(time.time() - ctx.start_time)
     lm = ctx.listener_manager
     st.total_connections = lm.active_connections() if lm is not None else 0
@@ -99,7 +135,11 @@ def _refresh_server_stats(ctx, st):
     st.memory_allocated = rss
     st.memory_heap_size = rss
     st.memory_physical_size = rss
-    st.meshproxy__extensions_skipped = SkipCounter.skipped
+    g.meshproxy__extensions_skipped = SkipCounter.skipped
+    cm = ctx.cluster_manager
+    n = len(cm.clusters) if cm is not None else 0
+    g.thread_local_cluster_manager__main_thread__clusters_inflated = n
+    g.thread_local_cluster_manager__worker_0__clusters_inflated = n
     return ()
 
 
@@ -128,8 +168,10 @@ class Server:
         sstats = _server_stats(ctx)
         sstats.state = INITIALIZING
         ctx.state = INITIALIZING
+        gstats = _global_stats()
         store.register("server.", sstats)
-        store.add_source(lambda: _refresh_server_stats(ctx, sstats))
+        store.register("", gstats)
+        store.add_source(lambda: _refresh_server_stats(ctx, sstats, gstats))
         if self.options.concurrency > 1:
             log.info("--concurrency %d: meshproxy runs one event loop for now",
                      self.options.concurrency)
@@ -200,7 +242,7 @@ def run(opts) -> int:
                                    service_cluster=opts.service_cluster,
                                    service_node=opts.service_node,
                                    service_zone=opts.service_zone)
-        config = build_server_config(bootstrap)
+        config = build_server_config(bootstrap, opts.stats_tags)
     except ConfigError as exc:
         log.critical("error initializing configuration '%s': %s", shown, exc)
         return 1

@@ -18,19 +18,7 @@ from meshproxy.admin.handlers import Response
 
 log = logging.getLogger("meshproxy.admin")
 
-# Envoy 1.40's logger ids, in the order /logging prints them (source/common/common/logger.h).
-ENVOY_LOGGERS = (
-    "a2a", "admin", "ai_protocol_manager", "alternate_protocols_cache", "aws", "assert",
-    "backtrace", "basic_auth", "cache_filter", "client", "config", "connection", "conn_handler",
-    "compression", "credential_injector", "decompression", "dns", "dubbo", "envoy_bug",
-    "ext_authz", "ext_proc", "rocketmq", "file", "filter", "forward_proxy", "geolocation",
-    "grpc", "happy_eyeballs", "hc", "health_checker", "http", "http2", "hystrix", "init", "io",
-    "jwt", "json_rpc", "kafka", "key_value_store", "lua", "local_rate_limit", "main", "matcher",
-    "mcp", "misc", "mongo", "multi_connection", "notification", "oauth2", "quic",
-    "quic_stream", "pool", "rate_limit_quota", "rbac", "rds", "redis", "router", "runtime",
-    "stats", "secret", "sse", "tap", "testing", "thrift", "tracing", "upstream", "udp", "wasm",
-    "websocket", "golang", "stats_sinks", "dynamic_modules", "ip_tagging",
-)
+ENVOY_LOGGERS = mplog.COMPONENTS
 # spdlog's names; unlike the -l flag, /logging does not take "warn" (Envoy answers 400).
 _LEVELS = {"trace": mplog.TRACE, "debug": logging.DEBUG, "info": logging.INFO,
            "warning": logging.WARNING, "error": logging.ERROR,

@@ -12,7 +12,8 @@ upstream; that is the operator's choice (Istio's 15090 listener does it for
 from __future__ import annotations
 
 from meshproxy.http.hcm_config import HcmStats, default_hcm_config
-from meshproxy.listener.config import FilterChain, ListenerConfig, ListenerStats
+from meshproxy.listener.config import (MAIN_THREAD_ONLY, FilterChain, ListenerConfig,
+                                       ListenerStats)
 from meshproxy.listener.manager import ActiveListener
 from meshproxy.router.route_table import (ADMIN, PREFIX, Route, RouteMatch, RouteTable,
                                           VirtualHost)
@@ -74,7 +75,7 @@ class Admin:
         ctx.store.register("http.admin.", hcm.stats, exclude=_ROUTER_STATS)
         ctx.store.register("listener.admin.", self.listener.stats,
                            exclude=("extension_config_missing",
-                                    "network_extension_config_missing"))
+                                    "network_extension_config_missing") + MAIN_THREAD_ONLY)
 
     def bind(self) -> None:
         self.listener.bind()

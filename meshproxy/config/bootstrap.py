@@ -108,11 +108,13 @@ class ServerConfig:
     listeners: list
     log_format: str | None
     warnings: list
+    stats_config: object = None
 
 
-def build_server_config(bootstrap) -> ServerConfig:
+def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
     """Translate every static resource; any error is a ConfigError naming the field."""
     from meshproxy.listener.config import build_listener_config
+    from meshproxy.stats.config import from_bootstrap
     from meshproxy.upstream.cluster_config import build_cluster_config, socket_address
 
     warnings = []
@@ -154,6 +156,7 @@ def build_server_config(bootstrap) -> ServerConfig:
     if bootstrap.HasField("dynamic_resources"):
         warnings.append("dynamic_resources (xDS) are not implemented yet; only "
                         "static_resources are served")
+    stats_config = from_bootstrap(bootstrap, stats_tags)
     log_format = None
     if bootstrap.HasField("application_log_config") and \
             bootstrap.application_log_config.HasField("log_format"):
@@ -170,4 +173,5 @@ def build_server_config(bootstrap) -> ServerConfig:
         listeners=listeners,
         log_format=log_format,
         warnings=warnings,
+        stats_config=stats_config,
     )

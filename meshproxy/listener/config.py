@@ -27,9 +27,15 @@ ListenerStats = stat_block(
               "downstream_cx_overload_reject", "downstream_global_cx_overflow",
               "downstream_pre_cx_timeout", "downstream_listener_filter_remote_close",
               "downstream_listener_filter_error", "no_filter_chain_match",
-              "extension_config_missing", "network_extension_config_missing"),
-    gauges=("downstream_cx_active", "downstream_pre_cx_active"),
+              "downstream_cx_transport_socket_connect_timeout",
+              "extension_config_missing", "network_extension_config_missing",
+              # per-thread copies: data-plane listeners run on worker_0, admin on main_thread
+              "worker_0.downstream_cx_total", "main_thread.downstream_cx_total"),
+    gauges=("downstream_cx_active", "downstream_pre_cx_active",
+            "worker_0.downstream_cx_active", "main_thread.downstream_cx_active"),
 )
+WORKER_ONLY = ("main_thread.downstream_cx_total", "main_thread.downstream_cx_active")
+MAIN_THREAD_ONLY = ("worker_0.downstream_cx_total", "worker_0.downstream_cx_active")
 
 
 class FilterChain:

@@ -11,7 +11,7 @@ import logging
 import socket
 
 from meshproxy.http.hcm_config import HcmStats
-from meshproxy.listener.config import ListenerStats
+from meshproxy.listener.config import WORKER_ONLY, ListenerStats
 from meshproxy.network.connection import DownstreamConnection
 from meshproxy.network.tcp_proxy import TcpStats
 from meshproxy.stats import stat_block
@@ -23,7 +23,7 @@ ListenerManagerStats = stat_block(
     counters=("listener_added", "listener_modified", "listener_removed", "listener_stopped",
               "listener_create_success", "listener_create_failure", "listener_in_place_updated"),
     gauges=("total_listeners_warming", "total_listeners_active", "total_listeners_draining",
-            "total_filter_chains_draining", "workers_started"),
+            "total_filter_chains_draining", "workers_started", "workers_pinned"),
 )
 
 
@@ -38,7 +38,8 @@ class ActiveListener:
         self.config = config
         self.ctx = ctx
         self.stats = ListenerStats()
-        self.stats.mark_used("downstream_cx_active", "downstream_pre_cx_active")
+        self.stats.mark_used("downstream_cx_active", "downstream_pre_cx_active",
+                             "worker_0.downstream_cx_active", "main_thread.downstream_cx_active")
         self.connections: set = set()
         self.server = None
         self.sock = None
@@ -46,13 +47,23 @@ class ActiveListener:
 
     def on_connection_open(self, conn) -> None:
         self.connections.add(conn)
-        self.stats.downstream_cx_total += 1
-        self.stats.downstream_cx_active += 1
+        st = self.stats
+        st.downstream_cx_total += 1
+        st.downstream_cx_active += 1
+        # One event loop: the per-thread copies equal the totals (worker_0 for data-plane
+        # listeners, main_thread for admin; the other copy is not registered).
+        st.worker_0__downstream_cx_total += 1
+        st.worker_0__downstream_cx_active += 1
+        st.main_thread__downstream_cx_total += 1
+        st.main_thread__downstream_cx_active += 1
 
     def on_connection_close(self, conn) -> None:
         self.connections.discard(conn)
-        self.stats.downstream_cx_active -= 1
-        self.stats.downstream_cx_destroy += 1
+        st = self.stats
+        st.downstream_cx_active -= 1
+        st.downstream_cx_destroy += 1
+        st.worker_0__downstream_cx_active -= 1
+        st.main_thread__downstream_cx_active -= 1
 
     def bind(self) -> None:
         cfg = self.config
@@ -123,7 +134,7 @@ class ListenerManager:
         self._by_address: dict[tuple, ActiveListener] = {}
         self.stats = ListenerManagerStats()
         self.stats.mark_used("total_listeners_warming", "total_listeners_active",
-                             "total_listeners_draining", "workers_started")
+                             "workers_started")
         store.register("listener_manager.", self.stats)
 
     def find_handoff(self, addr, origin):
@@ -159,7 +170,7 @@ class ListenerManager:
                     cfg.stats = TcpStats()
                     self.store.register(f"tcp.{cfg.stat_prefix}.", cfg.stats)
         self.listeners[config.name] = al
-        self.store.register(f"listener.{config.stat_name}.", al.stats)
+        self.store.register(f"listener.{config.stat_name}.", al.stats, exclude=WORKER_ONLY)
         self.stats.listener_added += 1
         return al
 
@@ -189,6 +200,7 @@ class ListenerManager:
             al.start_drain()
         self.stats.total_listeners_draining = sum(1 for a in self.listeners.values()
                                                   if a.draining)
+        self.stats.mark_used("total_listeners_draining")
 
     def stop_accepting(self, inbound_only: bool = False) -> None:
         for al in self.listeners.values():
