@@ -158,6 +158,7 @@ class TcpProxy:
         self.up_eof = False
         self.closing = False
         self.remote_close = False   # the upstream ended the connection (its FIN came last)
+        self.flushing = False       # the downstream closed; queued upstream bytes still flush
         self.cluster = None
         self.host = None
         self.attempts = 0
@@ -319,6 +320,10 @@ class TcpProxy:
         hs = self.host.stats
         hs.cx_active -= 1
         hs.rq_active -= 1
+        if self.flushing:
+            self.flushing = False
+            self.stats.upstream_flush_active -= 1
+            self._cancel_timers()
         local = self.closing and not self.remote_close
         if local:
             stats.upstream_cx_destroy_local += 1
@@ -343,8 +348,16 @@ class TcpProxy:
             if reason == "reset":
                 # Envoy passes a downstream RST on to the upstream.
                 _reset(up.transport)
-            else:
-                up.transport.close()
+                return
+            if up.transport.get_write_buffer_size() and self.config.idle_timeout:
+                # The downstream is gone but bytes for the upstream are still queued: keep
+                # flushing them, for at most the idle timeout (Envoy's upstream drainer).
+                self.flushing = True
+                self.stats.upstream_flush_total += 1
+                self.stats.upstream_flush_active += 1
+                self.idle_handle = self.loop.call_later(self.config.idle_timeout,
+                                                        up.transport.abort)
+            up.transport.close()
 
     def on_write_paused(self, paused: bool) -> None:
         # Downstream can't take more: stop reading the upstream.

@@ -105,6 +105,8 @@ class Cluster:
         self.initialized = config.type == "STATIC" or config.type == "ORIGINAL_DST"
         self.dns = None
         self.lb.update(())
+        if config.type == "STRICT_DNS":
+            self.stats.max_host_weight = 1
         if config.type == "STATIC":
             self.set_hosts([Host(self, e.address, e.hostname, e.weight, e.health_status,
                                  e.priority, e.locality, e.metadata, e.unix)
@@ -145,8 +147,9 @@ class Cluster:
         s.membership_degraded = sum(1 for h in merged if h.degraded)
         s.membership_excluded = sum(1 for h in merged if h.excluded)
         if self.config.type == "STRICT_DNS" or self.config.type == "EDS":
-            # Only dynamic host lists (BaseDynamicClusterImpl::updateDynamicHostList) set it.
-            s.max_host_weight = max((h.weight for h in merged), default=0)
+            # Only dynamic host lists (BaseDynamicClusterImpl::updateDynamicHostList) set it,
+            # starting from 1 (Envoy 1.40 shows 1 for a STRICT_DNS name with no addresses).
+            s.max_host_weight = max([1] + [h.weight for h in merged])
 
     @staticmethod
     def _by_priority(hosts) -> dict:

@@ -31,6 +31,11 @@ _ORDER = {"AUTO": ((socket.AF_INET6, socket.AF_INET), True),
           "ALL": ((socket.AF_INET, socket.AF_INET6), False)}
 
 
+# Answers that say the name has no address (NXDOMAIN, no data): Envoy's c-ares resolver reports
+# these as a successful resolution with no hosts (update_success, not update_failure).
+_NO_RECORDS = {getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA") if hasattr(socket, n)}
+
+
 def _is_localhost(name: str) -> bool:
     n = name.lower().rstrip(".")
     return n == "localhost" or n.endswith(".localhost")
@@ -48,6 +53,11 @@ async def resolve(loop, name: str, port: int, family: str) -> list[str]:
         else:
             try:
                 infos = await loop.getaddrinfo(name, port, family=fam, type=socket.SOCK_STREAM)
+            except socket.gaierror as exc:
+                if exc.errno in _NO_RECORDS:
+                    continue    # a definite "no such name": an empty answer, not a failure
+                error = exc
+                continue
             except (OSError, UnicodeError) as exc:
                 error = exc
                 continue
@@ -62,6 +72,10 @@ async def resolve(loop, name: str, port: int, family: str) -> list[str]:
     if not out and error is not None:
         raise error if isinstance(error, OSError) else OSError(str(error))
     return out
+
+
+def _key(h):
+    return h.address, h.weight, h.priority, h.health_status
 
 
 class DnsResolver:
@@ -100,8 +114,6 @@ class DnsResolver:
             self.targets[i] = [Host(self.cluster, (a, port), name, ep.weight, ep.health_status,
                                     ep.priority, ep.locality, ep.metadata) for a in addrs]
             stats.update_success += 1
-            if not addrs:
-                stats.update_empty += 1
         hosts = [h for t in self.targets for h in t]
         current = self.cluster.hosts
         if cfg.type == "LOGICAL_DNS" and current and hosts:
@@ -109,7 +121,7 @@ class DnsResolver:
             if current[0].address != hosts[0].address:
                 current[0].set_address(hosts[0].address)
             stats.update_no_rebuild += 1
-        elif [h.address for h in hosts] != [h.address for h in current] or not self.first.is_set():
+        elif [_key(h) for h in hosts] != [_key(h) for h in current]:
             self.cluster.set_hosts(hosts)
         else:
             stats.update_no_rebuild += 1

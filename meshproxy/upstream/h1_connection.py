@@ -50,7 +50,7 @@ class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
                  "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
-                 "draining", "connected", "active_on_close")
+                 "draining", "connected", "active_on_close", "body")
 
     def __init__(self, pool):
         self.pool = pool
@@ -75,6 +75,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.draining = False        # serves no further request (max_requests_per_connection)
         self.connected = False
         self.active_on_close = False  # closed while a request was on it
+        self.body = None              # body bytes parsed from the current read
 
     # ---------------------------------------------------------------- transport events
 
@@ -94,6 +95,14 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.rx_started = True
         try:
             self.parser.feed_data(data)
+            body = self.body
+            if body is not None:
+                # What one read brought goes on as one piece, as Envoy's codec hands its
+                # filters one buffer per read (an upstream's chunks are re-chunked per read).
+                self.body = None
+                s = self.stream
+                if s is not None and self.resp is not None:
+                    s.on_upstream_data(body[0] if len(body) == 1 else b"".join(body), False)
         except httptools.HttpParserError as exc:
             if self.stream is None and self.parser.get_status_code() == 101:
                 # llhttp pauses after a 101 head, which went on already; nothing more can be
@@ -104,6 +113,7 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     def _protocol_error(self) -> None:
         self.stats.upstream_cx_protocol_error += 1
+        self.body = None
         s = self.stream
         if s is not None:
             self.active_on_close = True
@@ -263,9 +273,10 @@ class UpstreamH1Connection(asyncio.Protocol):
     def on_body(self, body: bytes):
         if self.resp is None:
             return
-        s = self.stream
-        if s is not None:
-            s.on_upstream_data(body, False)
+        if self.body is None:
+            self.body = [body]
+        else:
+            self.body.append(body)
 
     def on_message_complete(self):
         if self.skip_1xx:
@@ -274,10 +285,12 @@ class UpstreamH1Connection(asyncio.Protocol):
         if self.resp is None:
             return
         self.resp = None
+        body = self.body
+        self.body = None
         s = self.stream
         self._response_complete()
         if s is not None:
-            s.on_upstream_data(b"", True)
+            s.on_upstream_data(b"".join(body) if body else b"", True)
 
     def _response_complete(self):
         self._detach()
