@@ -2,46 +2,68 @@
 (Envoy's ``source/common/router/router.cc``, reduced to what is built so far).
 
 Per request it picks the cluster (``cluster``, ``weighted_clusters`` or ``cluster_header``),
-finalises the upstream request headers (route/vhost/route-config mutations, rewrites,
-``x-envoy-expected-rq-timeout-ms``), picks a host, and streams the request and response through
-an ``UpstreamRequest``. Failures become Envoy's local replies: no host 503 ``no healthy
-upstream`` (UH), circuit breaker 503 ``overflow`` with ``x-envoy-overloaded`` (UO), connect
-failure 503 (UF), termination before headers 503 (UC), a malformed response 502 ``protocol
-error`` (UPE); after the response started, the downstream is reset instead. The route timeout
-(15 s unless configured, 0 disables; ``x-envoy-upstream-rq-timeout-ms`` overrides) runs from the
-end of the downstream request to the end of the upstream response: 504 ``upstream request
-timeout`` (UT). Every response code, upstream or local, is charged to the cluster's code stats
-(``Filter::chargeUpstreamCode``), split ``internal``/``external`` by ``x-envoy-internal``.
+finalises the upstream request headers (``rewrite.finalize_request_headers``,
+``x-envoy-expected-rq-timeout-ms``, ``x-envoy-attempt-count``), picks a host, and streams the
+request and response through an ``UpstreamRequest``. Failures become Envoy's local replies: no
+host 503 ``no healthy upstream`` (UH), circuit breaker 503 ``overflow`` with
+``x-envoy-overloaded`` (UO), connect failure 503 (UF), termination before headers 503 (UC), a
+malformed response 502 ``protocol error`` (UPE); after the response started, the downstream is
+reset instead. The route timeout (15 s unless configured, 0 disables;
+``x-envoy-upstream-rq-timeout-ms`` overrides) runs from the end of the downstream request to the
+end of the upstream response: 504 ``upstream request timeout`` (UT); a retry policy's
+``per_try_timeout`` bounds each attempt until its response starts.
+
+Retries follow the route's (else the virtual host's) retry policy and ``x-envoy-retry-on`` /
+``x-envoy-max-retries`` (``upstream.retry_state``); the request body is kept for them up to the
+connection's buffer limit (beyond it retries are abandoned, ``retry_or_shadow_abandoned``).
+Every response code, upstream or local, is charged to the cluster's code stats
+(``Filter::chargeUpstreamCode``), split ``internal``/``external`` by ``x-envoy-internal``; a
+response that is retried is charged under ``retry.``.
 """
 
 from __future__ import annotations
 
 from meshproxy.http import local_reply
+from meshproxy.router.rewrite import finalize_request_headers
 from meshproxy.router.upstream_request import UpstreamRequest
 from meshproxy.upstream.h1_connection import OVERFLOW
+from meshproxy.upstream.retry_state import LIMIT_EXCEEDED, YES, RetryState
 
 _RQ_TIMEOUT_HDR = b"x-envoy-upstream-rq-timeout-ms"
 _PER_TRY_HDR = b"x-envoy-upstream-rq-per-try-timeout-ms"
 _EXPECTED_HDR = b"x-envoy-expected-rq-timeout-ms"
 _SERVICE_TIME_HDR = b"x-envoy-upstream-service-time"
-_ORIGINAL_PATH_HDR = b"x-envoy-original-path"
+_RETRY_ON_HDR = b"x-envoy-retry-on"
+_MAX_RETRIES_HDR = b"x-envoy-max-retries"
+_ATTEMPT_HDR = b"x-envoy-attempt-count"
+_RETRIABLE_CODES_HDR = b"x-envoy-retriable-status-codes"
+_HEDGE_HDR = b"x-envoy-hedge-on-per-try-timeout"
 _INTERNAL_HDR = b"x-envoy-internal"
 PROTOCOL_ERROR = "protocol error"
+BUFFER_LIMIT_REPLY = local_reply.Reply(507, b"exceeded request buffer limit while retrying "
+                                            b"upstream", "", "request_payload_exceeded_retry_"
+                                                             "buffer_limit")
 
 
-def reset_reply(reason: str, detail: str = "") -> local_reply.Reply:
+def reset_reply(reason: str, detail: str = "", retried: bool = False) -> local_reply.Reply:
     """The local reply for an upstream reset before response headers. Envoy answers a protocol
     error with 502 (``Http::Code::BadGateway``) and flag UPE, everything else with 503.
     TODO(owner of http/local_reply.py): fold the 502/UPE case into ``upstream_reset``."""
-    reply = local_reply.upstream_reset(reason, detail)
+    reply = local_reply.upstream_reset(reason, detail, retried)
     if reason == PROTOCOL_ERROR:
         reply = local_reply.Reply(502, reply.body, "UPE", reply.details)
     return reply
 
 
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
 class Router:
-    __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "request_done",
-                 "paused_downstream", "host_rewritten", "internal")
+    __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "per_try",
+                 "request_done", "paused_downstream", "host_rewritten", "internal", "retry",
+                 "buffered", "buffered_bytes", "attempts", "retry_handle", "per_try_handle",
+                 "extra_flag")
 
     def __init__(self, stream, route):
         self.stream = stream
@@ -50,10 +72,18 @@ class Router:
         self.weighted = None
         self.upstream = None
         self.timeout = 0.0
+        self.per_try = 0.0
         self.request_done = False
         self.paused_downstream = False
         self.host_rewritten = False
         self.internal = False
+        self.retry = None
+        self.buffered = None
+        self.buffered_bytes = 0
+        self.attempts = 0
+        self.retry_handle = None
+        self.per_try_handle = None
+        self.extra_flag = ""
 
     # ------------------------------------------------------------------ request
 
@@ -64,7 +94,7 @@ class Router:
         name = action.cluster
         if name is None:
             if action.weighted is not None:
-                self.weighted = action.pick_weighted()
+                self.weighted = action.pick_weighted(req=req)
                 name = self.weighted.name
             elif action.cluster_header is not None:
                 v = req.get(action.cluster_header)
@@ -84,104 +114,165 @@ class Router:
             # HTTP/1.1 to an HTTP/2-only server.
             return stream.send_local_reply(local_reply.upstream_reset("protocol error"),
                                            route_mutations=True)
-        if req.envoy_headers or stream.config.internal_address_config:
-            self.internal = req.get(_INTERNAL_HDR) == b"true"
-        self._finalize_request(req, action, cluster)
+        self._finalize_request(req, action)
         if end_stream:
             self.request_done = True
         self._start_attempt()
-        if end_stream and self.timeout and self.upstream is not None:
-            self._arm_timeout()
+        if end_stream and self.upstream is not None:
+            self._on_request_complete()
 
-    def _finalize_request(self, req, action, cluster) -> None:
+    def _finalize_request(self, req, action) -> None:
         stream = self.stream
-        suppress = stream.config.suppress_envoy_headers
-        # Timeout: route, overridden by x-envoy-upstream-rq-timeout-ms (consumed).
+        keep = not stream.config.suppress_envoy_headers
         timeout = action.timeout
-        if req.envoy_headers:
+        policy = action.retry_policy or self.route.vhost.retry_policy
+        per_try = (policy.per_try_timeout or 0.0) if policy is not None else 0.0
+        retry_on = max_retries = codes = None
+        hedge = False
+        if req.envoy_headers or stream.config.internal_address_config:
+            # Control headers (only a trusted client's survive the HCM): consumed here.
             kept = []
             for n, v in req.headers:
-                if n == _RQ_TIMEOUT_HDR:
-                    try:
+                if n[:8] != b"x-envoy-":
+                    kept.append((n, v))
+                elif n == _RQ_TIMEOUT_HDR:
+                    if v.isdigit():
                         timeout = int(v) / 1000.0
-                    except ValueError:
-                        pass
+                elif n == _PER_TRY_HDR:
+                    if v.isdigit():
+                        per_try = int(v) / 1000.0
+                elif n == _RETRY_ON_HDR:
+                    retry_on = v
+                elif n == _MAX_RETRIES_HDR:
+                    max_retries = v
+                elif n == _RETRIABLE_CODES_HDR:
+                    codes = frozenset(int(c) for c in v.split(b",") if c.strip().isdigit())
+                elif n == _HEDGE_HDR:
+                    # Hedging itself is not implemented; the header still shapes the
+                    # expected-timeout header as in Envoy (the whole global timeout).
+                    hedge = v == b"true"
+                elif n == _INTERNAL_HDR:
+                    self.internal = v == b"true"
+                    kept.append((n, v))
                 elif n != _EXPECTED_HDR:
                     kept.append((n, v))
             req.headers = kept
+        if per_try and timeout and per_try >= timeout:
+            per_try = 0.0
         self.timeout = timeout
-        # Route header mutations: weighted cluster, route, vhost, route config; the least
-        # specific last so it wins, unless most_specific_header_mutations_wins.
-        route = self.route
-        table = route.vhost.table
-        w = self.weighted
-        muts = (w.request_mutation if w is not None else None, route.request_mutation,
-                route.vhost.request_mutation, table.request_mutation)
-        if table.most_specific_header_mutations_wins:
-            muts = muts[::-1]
-        for m in muts:
-            if m is not None:
-                m.apply(req, stream)
-        # Path and host rewrites (RouteEntryImplBase::finalizeRequestHeaders).
-        if action.prefix_rewrite is not None or action.regex_rewrite is not None:
-            from meshproxy.router.rewrite import rewrite_path
-            new_path = rewrite_path(req.path, route.match, action)
-            if new_path != req.path:
-                if not suppress:
-                    req.set(_ORIGINAL_PATH_HDR, req.path)
-                req.path = new_path
-        if w is not None and w.host_rewrite is not None:
-            self._rewrite_host(req, w.host_rewrite, action)
-        elif action.host_rewrite_literal is not None:
-            self._rewrite_host(req, action.host_rewrite_literal, action)
-        elif action.host_rewrite_header is not None:
-            v = req.get(action.host_rewrite_header)
-            if v:
-                self._rewrite_host(req, v, action)
-        elif action.host_rewrite_path_regex is not None:
-            from meshproxy.router.rewrite import substitute
-            rx, sub = action.host_rewrite_path_regex
-            from meshproxy.router.route_table import strip_query
-            self._rewrite_host(req, substitute(rx, sub, strip_query(req.path)), action)
-        if timeout and not suppress:
-            req.set(_EXPECTED_HDR, b"%d" % int(timeout * 1000))
+        self.per_try = per_try
+        if policy is not None or retry_on is not None:
+            state = RetryState(policy, self.cluster, retry_on_header=retry_on,
+                               max_retries_header=max_retries, codes_header=codes)
+            if state.enabled:
+                self.retry = state
+        self.host_rewritten = finalize_request_headers(req, self.route, self.weighted, stream,
+                                                       keep)
+        self._set_timeout_header(req, 0.0, hedge)
 
-    def _rewrite_host(self, req, host: bytes, action) -> None:
-        if action.append_x_forwarded_host and req.authority:
-            old = req.get(b"x-forwarded-host")
-            req.set(b"x-forwarded-host", old + b"," + req.authority if old else req.authority)
-        req.authority = host
-        self.host_rewritten = True
+    def _set_timeout_header(self, req, elapsed: float, hedge: bool = False) -> None:
+        """``FilterUtility::setTimeoutHeaders``: the per-try timeout if set (and not hedging),
+        else the global one, less the time already spent."""
+        expected = self.timeout if hedge else (self.per_try or self.timeout)
+        if not expected or self.stream.config.suppress_envoy_headers:
+            return
+        ms = _ms(expected)
+        if self.timeout:
+            left = _ms(self.timeout) - int(elapsed * 1000)
+            ms = min(ms, left) if left > 0 else 1
+        req.set(_EXPECTED_HDR, b"%d" % ms)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.request_done = True
+        if self.retry is not None and data:
+            if self.buffered is None:
+                self.buffered = []
+            self.buffered.append(data)
+            self.buffered_bytes += len(data)
+            if self.buffered_bytes > self.stream.hcm.listener_buffer_limit:
+                self._abandon_retries()
+                if self.upstream is None:
+                    return self._local_reply(BUFFER_LIMIT_REPLY)
         up = self.upstream
         if up is not None:
             up.send_data(data, end_stream)
-            if end_stream and self.timeout and self.stream.route_deadline is None:
-                self._arm_timeout()
+            if end_stream:
+                self._on_request_complete()
 
-    def _arm_timeout(self) -> None:
+    def _abandon_retries(self) -> None:
+        self.cluster.stats.retry_or_shadow_abandoned += 1
+        self.retry.release()
+        self.retry = None
+        self.buffered = None
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+
+    def _on_request_complete(self) -> None:
         stream = self.stream
-        stream.route_deadline = stream.hcm.loop.time() + self.timeout
-        stream.hcm.timer.schedule(stream.route_deadline)
+        if self.timeout and stream.route_deadline is None:
+            stream.route_deadline = stream.hcm.loop.time() + self.timeout
+            stream.hcm.timer.schedule(stream.route_deadline)
+        if self.per_try and self.per_try_handle is None:
+            self.per_try_handle = stream.hcm.loop.call_later(self.per_try, self._on_per_try_timeout)
 
     # ------------------------------------------------------------------ attempts
 
     def _start_attempt(self) -> None:
         stream = self.stream
         cluster = self.cluster
+        retry = self.retry
         host = cluster.choose_host(stream)
+        if retry is not None:
+            # retry_host_predicate (previous_hosts): re-pick a few times to avoid tried hosts.
+            tries = 1
+            while host is not None and retry.reject_host(host) and \
+                    tries < retry.max_host_attempts:
+                host = cluster.choose_host(stream)
+                tries += 1
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             cluster.charge(503, self.internal)
-            return stream.send_local_reply(local_reply.NO_HEALTHY_UPSTREAM, route_mutations=True)
+            return self._local_reply(local_reply.NO_HEALTHY_UPSTREAM)
+        if retry is not None:
+            retry.host_attempted(host)
         stream.upstream_host = host
-        if self.host_rewritten is False and self.route.action.auto_host_rewrite and host.hostname:
-            stream.request.authority = host.hostname.encode()
-        self.upstream = UpstreamRequest(self, cluster, host)
-        self.upstream.start()
+        req = stream.request
+        if not self.host_rewritten and self.route.action.auto_host_rewrite and host.hostname:
+            req.authority = host.hostname.encode()
+        self.attempts += 1
+        if self.route.vhost.include_attempt_count:
+            req.set(_ATTEMPT_HDR, b"%d" % self.attempts)
+        up = self.upstream = UpstreamRequest(self, cluster, host)
+        if self.attempts > 1 and self.buffered:
+            up.pending = list(self.buffered)
+            up.pending_bytes = self.buffered_bytes
+        up.start()
+
+    def _retry(self, up, host) -> bool:
+        """Schedule another attempt if the retry budget allows (True), else note why not."""
+        status = self.retry.should_retry(True)
+        if status != YES:
+            self.extra_flag = "URX" if status == LIMIT_EXCEEDED else "UO"
+            return False
+        host.stats.rq_error += 1
+        self._cancel_per_try()
+        self.upstream = None
+        self.retry_handle = self.stream.hcm.loop.call_later(self.retry.backoff(), self._do_retry)
+        return True
+
+    def _do_retry(self) -> None:
+        self.retry_handle = None
+        stream = self.stream
+        if stream.done:
+            return
+        req = stream.request
+        if stream.request_complete:
+            self._set_timeout_header(req, stream.hcm.loop.time() - stream.request_complete_time)
+        self._start_attempt()
+        if self.request_done and self.upstream is not None:
+            self._on_request_complete()
 
     # ------------------------------------------------------------------ callbacks from attempts
 
@@ -192,12 +283,27 @@ class Router:
     def on_upstream_headers(self, upstream, resp, end_stream: bool) -> None:
         stream = self.stream
         status = resp.status
+        retry = self.retry
+        if retry is not None:
+            would = retry.would_retry_headers(resp)
+            if would and self._retry(upstream, upstream.host):
+                self.cluster.charge_retry(status)
+                if not end_stream:
+                    upstream.abort()
+                return
+            if not would:
+                retry.should_retry(False)
+            retry.release()
+            self.retry = None
+        self._cancel_per_try()
         self.cluster.charge(status, self.internal)
         hs = upstream.host.stats
         if status >= 500 and status < 600:
             hs.rq_error += 1
         else:
             hs.rq_success += 1
+        if self.extra_flag:
+            stream.response_flags = self.extra_flag
         if not stream.config.suppress_envoy_headers and stream.request_complete:
             ms = int((stream.hcm.loop.time() - stream.request_complete_time) * 1000)
             resp.headers.append((_SERVICE_TIME_HDR, b"%d" % ms))
@@ -217,6 +323,7 @@ class Router:
     def on_upstream_reset(self, upstream, reason: str, detail: str = "") -> None:
         stream = self.stream
         self.upstream = None
+        self._cancel_per_try()
         if stream.done:
             return
         if stream.response_started:
@@ -225,15 +332,45 @@ class Router:
             stream.response_flags = "UPE" if reason == PROTOCOL_ERROR else "UC"
             stream.reset_stream()
             return
+        if self.retry is not None and self.retry.would_retry_reset(reason) and \
+                self._retry(upstream, upstream.host):
+            return
+        self._fail(upstream, reason, detail)
+
+    def _fail(self, upstream, reason: str, detail: str) -> None:
+        stream = self.stream
         stream.route_deadline = None
         if reason == OVERFLOW:
-            self.cluster.charge(503, self.internal)
-            upstream.host.stats.rq_error += 1
-            return stream.send_local_reply(local_reply.OVERFLOW, route_mutations=True)
-        reply = reset_reply(reason, detail)
+            reply = local_reply.OVERFLOW
+        else:
+            reply = reset_reply(reason, detail, self.attempts > 1)
         self.cluster.charge(reply.status, self.internal)
         upstream.host.stats.rq_error += 1
+        self._local_reply(reply)
+
+    def _local_reply(self, reply) -> None:
+        self._cleanup()
+        stream = self.stream
         stream.send_local_reply(reply, route_mutations=True)
+        if self.extra_flag and reply.flag:
+            stream.response_flags = reply.flag + "," + self.extra_flag
+
+    def _on_per_try_timeout(self) -> None:
+        self.per_try_handle = None
+        up = self.upstream
+        stream = self.stream
+        if up is None or stream.done or stream.response_started:
+            return
+        self.cluster.stats.upstream_rq_per_try_timeout += 1
+        up.host.stats.rq_timeout += 1
+        self.upstream = None
+        up.abort()
+        if self.retry is not None and self.retry.would_retry_reset("local reset") and \
+                self._retry(up, up.host):
+            return
+        self.cluster.charge(504, self.internal)
+        up.host.stats.rq_error += 1
+        self._local_reply(local_reply.UPSTREAM_TIMEOUT)
 
     def on_timeout(self) -> None:
         stream = self.stream
@@ -248,12 +385,29 @@ class Router:
                 cluster.charge(504, self.internal)
                 up.host.stats.rq_error += 1
         if stream.response_started:
+            self._cleanup()
             stream.response_flags = "UT"
             stream.reset_stream()
         else:
-            stream.send_local_reply(local_reply.UPSTREAM_TIMEOUT, route_mutations=True)
+            self._local_reply(local_reply.UPSTREAM_TIMEOUT)
+
+    def _cancel_per_try(self) -> None:
+        h = self.per_try_handle
+        if h is not None:
+            h.cancel()
+            self.per_try_handle = None
+
+    def _cleanup(self) -> None:
+        self._cancel_per_try()
+        if self.retry_handle is not None:
+            self.retry_handle.cancel()
+            self.retry_handle = None
+        if self.retry is not None:
+            self.retry.release()
+            self.retry = None
 
     def abort_upstream(self) -> None:
+        self._cleanup()
         up = self.upstream
         if up is not None:
             self.upstream = None
@@ -261,10 +415,9 @@ class Router:
 
     def on_downstream_reset(self) -> None:
         # Envoy counts no upstream_rq_tx_reset when it resets an HTTP/1 upstream request.
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            up.abort()
+        self.abort_upstream()
+
+    # ------------------------------------------------------------------ flow control
 
     def on_upstream_write_paused(self, paused: bool) -> None:
         # Upstream can't take more request body: stop reading the client (STYLE.md §10).
@@ -272,18 +425,25 @@ class Router:
             self.paused_downstream = paused
             self.stream.hcm.conn.read_disable(paused)
             stats = self.stream.config.stats
+            cstats = self.cluster.stats
             if paused:
                 stats.downstream_flow_control_paused_reading_total += 1
+                cstats.upstream_flow_control_backed_up_total += 1
             else:
                 stats.downstream_flow_control_resumed_reading_total += 1
+                cstats.upstream_flow_control_drained_total += 1
 
     def on_downstream_write_paused(self, paused: bool) -> None:
         up = self.upstream
         if up is not None:
             up.read_disable(paused)
+            cstats = self.cluster.stats
+            if paused:
+                cstats.upstream_flow_control_paused_reading_total += 1
+            else:
+                cstats.upstream_flow_control_resumed_reading_total += 1
 
     def release_flow_control(self) -> None:
         if self.paused_downstream:
             self.paused_downstream = False
             self.stream.hcm.conn.read_disable(False)
-

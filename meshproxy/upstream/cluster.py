@@ -78,6 +78,12 @@ def code_stat_items(prefix: str, codes: dict):
     return out
 
 
+def _open(count: int, limit: int) -> int:
+    """A breaker's ``*_open`` gauge. Envoy sets it when the resource count changes, so a
+    limit of 0 that nothing ever took shows 0, not 1."""
+    return int(count >= limit and (count > 0 or limit > 0))
+
+
 class Cluster:
     """Runtime state of one cluster. Hosts come from the config (STATIC), DNS, or EDS."""
 
@@ -90,6 +96,7 @@ class Cluster:
         # Response codes charged by the router (Envoy's CodeStats), by internal/external origin.
         self.external_codes: dict[int, int] = {}
         self.internal_codes: dict[int, int] = {}
+        self.retry_codes: dict[int, int] = {}   # responses that were retried (``retry.``)
         self.transport_matches = 0   # default.total_match_count: hosts given a transport socket
         # Envoy's circuit breaker gauges show as used once a pool has touched them.
         self.cb_used = False
@@ -175,6 +182,11 @@ class Cluster:
         codes[status] = codes.get(status, 0) + 1
         self.stats.upstream_rq_completed += 1
 
+    def charge_retry(self, status: int) -> None:
+        """A response the router retries (``chargeBasicResponseStat`` under ``retry.``)."""
+        codes = self.retry_codes
+        codes[status] = codes.get(status, 0) + 1
+
     def stat_items(self, prefix: str):
         """Dynamic stats: per-code counters, circuit breaker gauges, HTTP/1 codec counters."""
         both: dict[int, int] = dict(self.external_codes)
@@ -184,7 +196,7 @@ class Cluster:
             if not name.endswith("upstream_rq_completed"):
                 yield name, "counter", n, None
         for origin, codes in (("external.", self.external_codes),
-                              ("internal.", self.internal_codes)):
+                              ("internal.", self.internal_codes), ("retry.", self.retry_codes)):
             if codes:
                 for name, n in code_stat_items(prefix + origin, codes).items():
                     yield name, "counter", n, None
@@ -199,10 +211,10 @@ class Cluster:
             pending = self.pending_active if default else 0
             rq = self.rq_active if default else 0
             retries = self.retries_active if default else 0
-            vals = {"cx_open": int(cx >= th.max_connections), "cx_pool_open": 0,
-                    "rq_open": int(rq >= th.max_requests),
-                    "rq_pending_open": int(pending >= th.max_pending_requests),
-                    "rq_retry_open": int(retries >= th.max_retries)}
+            vals = {"cx_open": _open(cx, th.max_connections), "cx_pool_open": 0,
+                    "rq_open": _open(rq, th.max_requests),
+                    "rq_pending_open": _open(pending, th.max_pending_requests),
+                    "rq_retry_open": _open(retries, th.max_retries)}
             if th.track_remaining:
                 vals.update(remaining_cx=max(0, th.max_connections - cx),
                             remaining_pending=max(0, th.max_pending_requests - pending),

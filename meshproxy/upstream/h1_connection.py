@@ -296,8 +296,12 @@ class UpstreamH1Connection(asyncio.Protocol):
         self._detach()
         if self.keep_alive and self.request_done and not self.closed:
             self.pool.release(self)
-        else:
-            self.close()
+            return
+        if not self.request_done:
+            # The response ended before the request: Envoy's router resets the upstream
+            # request (Filter::onUpstreamComplete), so the close counts with an active request.
+            self.active_on_close = True
+        self.close()
 
     def __repr__(self):
         return (f"<UpstreamH1Connection {self.pool.host.address_str} requests={self.requests} "

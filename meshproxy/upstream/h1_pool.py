@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import logging
 
 from meshproxy.upstream.h1_connection import (CONNECT_TIMEOUT, CONNECTION_FAILURE, OVERFLOW,
@@ -232,9 +231,9 @@ class H1Pool:
             reason, detail = CONNECT_TIMEOUT, ""
         else:
             stats.upstream_cx_destroy_remote += 1
-            reason = CONNECTION_FAILURE
-            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.ECONNREFUSED
-            detail = f"delayed connect error: {code}"
+            # Envoy 1.40 gives no transport failure reason for a plaintext connect failure (its
+            # reply says "retried and the latest reset reason: remote connection failure").
+            reason, detail = CONNECTION_FAILURE, ""
         log.debug("connect to %s failed: %s", self.host.address_str, exc)
         # As Envoy (purgePendingStreams): a failed connect fails every queued request.
         failed = list(self.pending)

@@ -145,7 +145,10 @@ def http_results():
             got["mrpc"] = [ka.request(path=f"/mrpc/{i}").status for i in range(4)]
             ka.close()
             wait_for(lambda: p.stat("cluster.mrpc.upstream_cx_idle_timeout") == 1)
-            return got, settled_stats(p, names)
+            st = settled_stats(p, names)
+            host_stats = sorted(line for line in p.get_admin("/clusters")[1].splitlines()
+                                if re.search(r"::(cx|rq)_[a-z_]+::\d+$", line))
+            return got, st, host_stats
 
         boot = bootstrap([listener("l", hcm(routes))], clusters)
         return run_both(lambda: boot, action)
@@ -154,19 +157,29 @@ def http_results():
 @pytest.mark.parametrize("method,path", HTTP_CASES + [("", "kaclose"), ("", "mrpc")],
                          ids=[p for _, p in HTTP_CASES] + ["kaclose", "mrpc"])
 def test_http_response_same_as_envoy(http_results, method, path):
-    (env_got, _), (mp_got, _) = http_results
+    (env_got, _, _), (mp_got, _, _) = http_results
     assert mp_got[path] == env_got[path]
 
 
-def test_http_cluster_stats_same_as_envoy(http_results):
-    (_, env_st), (_, mp_st) = http_results
+def stat_diffs(env_st, mp_st) -> dict:
+    """{stat: (envoy value, meshproxy value)} for every stat that differs."""
     diffs = {}
     for name, est in env_st.items():
         mst = mp_st[name]
         for k in sorted(set(est) | set(mst)):
             if est.get(k) != mst.get(k):
                 diffs[k] = (est.get(k, "-"), mst.get(k, "-"))
-    assert diffs == {}
+    return diffs
+
+
+def test_http_cluster_stats_same_as_envoy(http_results):
+    (_, env_st, _), (_, mp_st, _) = http_results
+    assert stat_diffs(env_st, mp_st) == {}
+
+
+def test_http_host_stats_same_as_envoy(http_results):
+    (_, _, env_hosts), (_, _, mp_hosts) = http_results
+    assert mp_hosts == env_hosts
 
 
 # ---------------------------------------------------------------------- circuit breakers
@@ -430,3 +443,71 @@ def test_cluster_validation_same_as_envoy(tmp_path, extra):
                 [sys.executable, "-m", "meshproxy", "--mode", "validate", "-c", str(path)]):
         codes.append(subprocess.run(cmd, capture_output=True, cwd=REPO, timeout=30).returncode)
     assert codes[1] == codes[0]
+
+
+# ---------------------------------------------------------------------- retries
+
+
+def test_retries_same_as_envoy():
+    import itertools
+    from tests.support.upstream import Reply
+    calls = {"n": itertools.count()}
+
+    def h(req):
+        n = next(calls["n"])
+        name = req.target.rsplit("/", 1)[-1]
+        if name == "flaky":
+            return Reply(503, body=b"flaky") if n % 2 == 0 else Reply(200, body=b"ok " + req.body)
+        if name == "always503":
+            return Reply(503, body=b"bad")
+        if name == "slowfirst":
+            return Reply(200, body=b"slow", delay=0.6) if n % 2 == 0 else Reply(200, body=b"fast")
+        return Reply(200, body=b"ok")
+
+    with Upstream(h) as up:
+        dead = dead_port()
+
+        def boot():
+            def rp(**kw):
+                return {"retry_policy": kw}
+            routes = [("/dead/", "dead", rp(retry_on="connect-failure", num_retries=2)),
+                      ("/5xx/", "c5xx", rp(retry_on="5xx", num_retries=2)),
+                      ("/codes/", "codes", rp(retry_on="retriable-status-codes",
+                                               retriable_status_codes=[503], num_retries=1)),
+                      ("/pertry/", "pertry", {"timeout": "3s", **rp(
+                          retry_on="5xx", num_retries=2, per_try_timeout="0.3s")}),
+                      ("/pt504/", "pt504", {"timeout": "3s", **rp(
+                          retry_on="connect-failure", per_try_timeout="0.3s")}),
+                      ("/nobudget/", "nobudget", rp(retry_on="5xx", num_retries=2))]
+            vh = [{"name": "v", "domains": ["*"], "include_request_attempt_count": True,
+                   "routes": [{"match": {"prefix": p}, "route": {"cluster": c, **extra}}
+                              for p, c, extra in routes]}]
+            clusters = [cluster(c, [("127.0.0.1", dead if c == "dead" else up.port)])
+                        for _, c, _ in routes]
+            clusters[-1]["circuit_breakers"] = {"thresholds": [{"max_retries": 0}]}
+            return bootstrap([listener("l", hcm(vh))], clusters)
+
+        cases = [("GET", "/dead/x"), ("POST", "/5xx/flaky"), ("GET", "/codes/always503"),
+                 ("GET", "/pertry/slowfirst"), ("GET", "/pt504/slowfirst"),
+                 ("GET", "/nobudget/always503")]
+
+        def action(p):
+            got = []
+            for method, path in cases:
+                calls["n"] = itertools.count()
+                up.requests.clear()
+                body = b"payload" if method == "POST" else b""
+                head = f"{method} {path} HTTP/1.1\r\nhost: x\r\n"
+                if body:
+                    head += f"content-length: {len(body)}\r\n"
+                data, _ = exchange(p.port("l"), head.encode() + b"\r\n" + body, expect=1,
+                                   timeout=4)
+                seen = [(r.body, r.header("x-envoy-attempt-count")) for r in up.requests]
+                got.append((normalise(data), seen))
+            time.sleep(0.7)     # let the slow first attempts finish upstream
+            return got, settled_stats(p, ["dead", "c5xx", "codes", "pertry", "pt504",
+                                          "nobudget"])
+        env, mp = run_both(boot, action)
+    for (case, e), m in zip(zip(cases, env[0]), mp[0]):
+        assert m == e, case
+    assert stat_diffs(env[1], mp[1]) == {}
