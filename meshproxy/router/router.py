@@ -425,23 +425,15 @@ class Router:
             self.paused_downstream = paused
             self.stream.hcm.conn.read_disable(paused)
             stats = self.stream.config.stats
-            cstats = self.cluster.stats
             if paused:
                 stats.downstream_flow_control_paused_reading_total += 1
-                cstats.upstream_flow_control_backed_up_total += 1
             else:
                 stats.downstream_flow_control_resumed_reading_total += 1
-                cstats.upstream_flow_control_drained_total += 1
 
     def on_downstream_write_paused(self, paused: bool) -> None:
         up = self.upstream
         if up is not None:
             up.read_disable(paused)
-            cstats = self.cluster.stats
-            if paused:
-                cstats.upstream_flow_control_paused_reading_total += 1
-            else:
-                cstats.upstream_flow_control_resumed_reading_total += 1
 
     def release_flow_control(self) -> None:
         if self.paused_downstream:

@@ -102,11 +102,23 @@ class UpstreamRequest:
         self.router.on_upstream_reset(self, reason)
 
     def on_upstream_write_paused(self, paused: bool) -> None:
+        stats = self.cluster.stats
+        if paused:
+            stats.upstream_flow_control_backed_up_total += 1
+        else:
+            stats.upstream_flow_control_drained_total += 1
         self.router.on_upstream_write_paused(paused)
 
     def read_disable(self, paused: bool) -> None:
         """Downstream can't take more response: stop reading the upstream."""
+        if paused == self.read_paused:
+            return
         self.read_paused = paused
+        stats = self.cluster.stats
+        if paused:
+            stats.upstream_flow_control_paused_reading_total += 1
+        else:
+            stats.upstream_flow_control_resumed_reading_total += 1
         conn = self.conn
         if conn is not None and conn.stream is self and conn.transport is not None \
                 and not conn.closed:

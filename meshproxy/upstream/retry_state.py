@@ -40,24 +40,34 @@ class RetryState:
 
     def __init__(self, policy, cluster, rng=None, retry_on_header: bytes | None = None,
                  max_retries_header: bytes | None = None, codes_header=None):
-        retry_on = set(policy.retry_on) if policy is not None else set()
+        # Per request on every Istio route: take the policy's frozen values as they are.
+        if policy is not None:
+            retry_on = policy.retry_on
+            n = policy.num_retries
+            self.codes = policy.retriable_status_codes
+            self.base_ms = int(policy.base_interval * 1000)
+            self.max_ms = int(policy.max_interval * 1000)
+            self.per_try_timeout = policy.per_try_timeout
+            preds = policy.host_predicates
+            self.previous_hosts = bool(preds) and any(p.endswith("previous_hosts")
+                                                      for p in preds)
+            self.max_host_attempts = policy.host_selection_retry_max_attempts
+        else:
+            retry_on = frozenset()
+            n = 1
+            self.codes = frozenset()
+            self.base_ms, self.max_ms = 25, 250
+            self.per_try_timeout = None
+            self.previous_hosts = False
+            self.max_host_attempts = 1
         if retry_on_header:
-            retry_on |= parse_retry_on(retry_on_header.decode("latin-1"))
-        self.retry_on = frozenset(retry_on)
-        n = policy.num_retries if policy is not None else 1
+            retry_on = retry_on | parse_retry_on(retry_on_header.decode("latin-1"))
+        self.retry_on = retry_on
         if max_retries_header is not None and max_retries_header.isdigit():
             n = int(max_retries_header)
         self.retries_left = n
-        self.codes = policy.retriable_status_codes if policy is not None else frozenset()
         if codes_header:
             self.codes = self.codes | codes_header    # x-envoy-retriable-status-codes
-        self.base_ms = int((policy.base_interval if policy is not None else 0.025) * 1000)
-        self.max_ms = int((policy.max_interval if policy is not None else 0.25) * 1000)
-        self.per_try_timeout = policy.per_try_timeout if policy is not None else None
-        preds = policy.host_predicates if policy is not None else ()
-        self.previous_hosts = any(p.endswith("previous_hosts") for p in preds)
-        self.max_host_attempts = policy.host_selection_retry_max_attempts \
-            if policy is not None else 1
         self.cluster = cluster
         self.rng = rng or random
         self.armed = False       # a retry was granted and holds a max_retries slot
