@@ -51,6 +51,9 @@ ClusterStats = stat_block(
         "upstream_queue_overloaded", "upstream_rq_active", "upstream_rq_pending_active",
         "version", "warming_state",
     ),
+    # Response codes charged by the router (Envoy's CodeStats), by origin; reported through
+    # ``Cluster.stat_items`` and zeroed by /reset_counters.
+    counter_maps=("external_codes", "internal_codes", "retry_codes"),
 )
 
 # Used gauges in Envoy's ``/stats?usedonly`` for a fresh cluster.
@@ -93,10 +96,11 @@ class Cluster:
         self.loop = loop
         self.stats = ClusterStats()
         self.stats.mark_used(*_USED_GAUGES)
-        # Response codes charged by the router (Envoy's CodeStats), by internal/external origin.
-        self.external_codes: dict[int, int] = {}
-        self.internal_codes: dict[int, int] = {}
-        self.retry_codes: dict[int, int] = {}   # responses that were retried (``retry.``)
+        # Response codes charged by the router (Envoy's CodeStats), by internal/external origin,
+        # and those of responses that were retried (``retry.``).
+        self.external_codes = self.stats.external_codes
+        self.internal_codes = self.stats.internal_codes
+        self.retry_codes = self.stats.retry_codes
         self.transport_matches = 0   # default.total_match_count: hosts given a transport socket
         # Envoy's circuit breaker gauges show as used once a pool has touched them.
         self.cb_used = False

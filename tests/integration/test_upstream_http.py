@@ -497,3 +497,16 @@ def test_slow_upstream_stalls_the_client(env):
             pass
     s.close()
     assert 0 < sent < 24 << 20, sent
+
+
+def test_reset_counters_zeroes_code_stats(env):
+    p, _, _ = env
+    assert get(p, "/up/before-reset").status == 200
+    assert p.stat("cluster.up.upstream_rq_200") > 0
+    active = p.stat("cluster.up.upstream_cx_active")
+    assert active > 0                                         # the kept-alive connection
+    assert p.get_admin("/reset_counters", method="POST")[0] == 200
+    st = cstats(p, "up")
+    assert st["cluster.up.upstream_rq_200"] == 0 and st["cluster.up.upstream_rq_2xx"] == 0
+    assert st["cluster.up.external.upstream_rq_completed"] == 0
+    assert st["cluster.up.upstream_cx_active"] == active      # gauges are not counters
