@@ -218,7 +218,7 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         buffer_limit=wrapped(c, "per_connection_buffer_limit_bytes", 1024 * 1024),
         max_requests_per_connection=max_rpc,
         idle_timeout=duration(cho, "idle_timeout", 3600.0),
-        max_connection_duration=duration(cho, "max_connection_duration", None),
+        max_connection_duration=duration(cho, "max_connection_duration", 0.0) or None,
         http2=http2,
         use_downstream_protocol=use_downstream,
         dns_refresh_rate=duration(c, "dns_refresh_rate", 5.0),

@@ -50,7 +50,7 @@ class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
                  "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
-                 "draining", "connected", "active_on_close", "body")
+                 "draining", "connected", "active_on_close", "body", "duration_handle")
 
     def __init__(self, pool):
         self.pool = pool
@@ -76,6 +76,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.connected = False
         self.active_on_close = False  # closed while a request was on it
         self.body = None              # body bytes parsed from the current read
+        self.duration_handle = None   # max_connection_duration timer
 
     # ---------------------------------------------------------------- transport events
 

@@ -13,9 +13,10 @@ Circuit breakers are per cluster, checked where Envoy checks them:
 
 ``upstream_rq_total`` / ``upstream_rq_active`` count attached requests. A failed connect fails
 every queued request (``upstream_rq_pending_failure_eject``). ``max_requests_per_connection``
-drains a connection once it has taken its last request. Each idle connection closes after the
-cluster's ``idle_timeout`` (``upstream_cx_idle_timeout``); one the peer closes while idle is
-dropped as soon as the close is read, so no request is sent on it.
+drains a connection once it has taken its last request, ``max_connection_duration`` once it is
+that old. Each idle connection closes after the cluster's ``idle_timeout``
+(``upstream_cx_idle_timeout``); one the peer closes while idle is dropped as soon as the close
+is read, so no request is sent on it.
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ class H1Pool:
             else:
                 stats.upstream_cx_destroy_remote_with_active_rq += 1
         self.host.stats.cx_active -= 1
+        if conn.duration_handle is not None:
+            conn.duration_handle.cancel()
+            conn.duration_handle = None
         if self.pending:
             self._try_connect()
 
@@ -204,6 +208,9 @@ class H1Pool:
         conn.connected = True
         if conn.closed:
             return
+        if cfg.max_connection_duration:
+            conn.duration_handle = self.loop.call_later(cfg.max_connection_duration,
+                                                        self._duration_reached, conn)
         pending = self.pending
         while pending:
             waiter = pending.popleft()
@@ -243,6 +250,18 @@ class H1Pool:
             stats.upstream_rq_pending_failure_eject += 1
         for waiter in failed:
             waiter.on_pool_failure(reason, detail)
+
+    def _duration_reached(self, conn) -> None:
+        """``max_connection_duration``: an idle connection closes now, a busy one after its
+        current response (Envoy drains it)."""
+        conn.duration_handle = None
+        if conn.closed:
+            return
+        self.cluster.stats.upstream_cx_max_duration_reached += 1
+        if conn.stream is None:
+            conn.close()
+        else:
+            conn.draining = True
 
     # ------------------------------------------------------------------ idle timeout
 

@@ -92,6 +92,7 @@ ROUTES = {
     "/cbc/": ("cbc", {}),
     "/mrpc/": ("mrpc", {}),
     "/idle/": ("idle", {}),
+    "/dur/": ("dur", {}),
     "/t/": ("tmo", {"timeout": "0.3s"}),
     "/t0/": ("tmo0", {"timeout": "0s"}),
     "/empty/": ("empty", {}),
@@ -116,6 +117,8 @@ def env():
             cluster("mrpc", [("127.0.0.1", up.port)], **http_options(
                 max_requests_per_connection=2)),
             cluster("idle", [("127.0.0.1", up.port)], **http_options(idle_timeout="0.3s")),
+            cluster("dur", [("127.0.0.1", up.port)], **http_options(
+                max_connection_duration="0.3s")),
             cluster("tmo", [("127.0.0.1", up.port)]),
             cluster("tmo0", [("127.0.0.1", up.port)]),
             cluster("empty", []),
@@ -426,6 +429,20 @@ def test_idle_timeout_closes_upstream_connection(env):
     assert ids[-1] != ids[-2]
     d = delta(s0, cstats(p, "idle"))
     assert d["cluster.idle.upstream_cx_destroy_local"] == 1
+
+
+def test_max_connection_duration_drains_busy_and_closes_idle(env):
+    p, up, _ = env
+    assert get(p, "/dur/a").status == 200
+    assert wait_for(lambda: p.stat("cluster.dur.upstream_cx_max_duration_reached") == 1)
+    # A connection that reaches its age mid-request finishes it, then closes.
+    assert get(p, "/dur/slow?s=0.5").status == 200
+    assert get(p, "/dur/c").status == 200
+    ids = [r.conn_id for r in up.requests if r.target.startswith("/dur/")]
+    assert len(set(ids)) == 3
+    st = cstats(p, "dur")
+    assert st["cluster.dur.upstream_cx_max_duration_reached"] == 2
+    assert st["cluster.dur.upstream_cx_destroy_with_active_rq"] == 0
 
 
 # ---------------------------------------------------------------------- timeouts and headers
