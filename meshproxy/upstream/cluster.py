@@ -143,7 +143,7 @@ class Cluster:
                 merged.append(h)
         for gone in old.values():
             if gone.pool is not None:
-                gone.pool.close_all()
+                gone.pool.drain()
         self.hosts = merged
         self.lb.update(merged)
         s = self.stats

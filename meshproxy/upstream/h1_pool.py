@@ -282,6 +282,14 @@ class H1Pool:
             conn.close()
         self._arm_idle_timer()
 
+    def drain(self) -> None:
+        """The host left the cluster: idle connections close, busy ones finish their
+        request first (Envoy drains the pools of removed hosts)."""
+        for conn in list(self.idle):
+            conn.close()
+        for conn in self.busy:
+            conn.draining = True
+
     def close_all(self) -> None:
         for conn in list(self.idle) + list(self.busy):
             conn.close()

@@ -131,3 +131,24 @@ def test_code_stats_names():
     }
     assert cl.stats.upstream_rq_completed == 5
     assert code_stat_items("", {2000: 1}) == {"upstream_rq_unknown": 1}
+
+
+def test_hosts_kept_across_updates_and_removed_hosts_drained():
+    class Pool:
+        def __init__(self, host, cluster):
+            self.drained = False
+
+        def drain(self):
+            self.drained = True
+    c = build(cluster("c", [("localhost", 1)], type_="STRICT_DNS"))
+    cl = Cluster(c, loop=None, pool_factory=Pool)
+    from meshproxy.upstream.host import Host
+    a, b = Host(cl, ("127.0.0.1", 1)), Host(cl, ("127.0.0.2", 1))
+    cl.set_hosts([a, b])
+    pa, pb = cl.pool_for(a), cl.pool_for(b)
+    cl.set_hosts([Host(cl, ("127.0.0.1", 1)), Host(cl, ("127.0.0.3", 1))])
+    assert cl.hosts[0] is a and cl.hosts[0].pool is pa and not pa.drained
+    assert pb.drained
+    assert cl.stats.membership_change == 2 and cl.stats.max_host_weight == 1
+    names = {n: v for n, _, v, _ in cl.stat_items("cluster.c.")}
+    assert names["cluster.c.default.total_match_count"] == 3
