@@ -3,16 +3,20 @@
 STRICT_DNS / LOGICAL_DNS resolve ``localhost`` the way Envoy 1.40 (c-ares) does: AUTO prefers
 IPv6 and so gives ``[::1]``, V4_ONLY ``127.0.0.1``, ALL both. Re-resolution every
 ``dns_refresh_rate`` counts ``update_attempt``/``update_success``/``update_no_rebuild``; a name
-that does not exist is an empty, successful answer. Weighted round robin, health status and
+that does not exist is an empty, successful answer (checked with a fake resolver: no DNS query
+leaves the machine). Weighted round robin, health status and
 priorities pick hosts as the pure tests in tests/unit/test_lb.py say.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import socket
 
 import pytest
 
+from meshproxy.upstream.dns import resolve
 from tests.integration.test_upstream_servers import wait_for
 from tests.support.client import KeepAlive
 from tests.support.proxies import ProxyProcess, bootstrap, cluster, hcm, listener
@@ -48,7 +52,6 @@ def env():
         cluster("all", [("localhost", ports[0])], type_="STRICT_DNS", dns_lookup_family="ALL"),
         cluster("logical", [("localhost", v6.port)], type_="LOGICAL_DNS",
                 dns_refresh_rate="0.1s"),
-        cluster("nx", [("no-such-host.invalid", 80)], type_="STRICT_DNS"),
         cluster("wrr", [("127.0.0.1", p, w) for p, w in zip(ports, (1, 2, 3))]),
         cluster("lr", [("127.0.0.1", p, w) for p, w in zip(ports, (1, 2, 3))],
                 lb_policy="LEAST_REQUEST"),
@@ -97,14 +100,51 @@ def test_dns_families_for_localhost(env):
 def test_dns_refresh_and_missing_names(env):
     p, _, _ = env
     assert wait_for(lambda: p.stat("cluster.v4.update_attempt") >= 3, timeout=5)
-    st = p.stats("^cluster\\.(v4|nx|logical)\\.(update|membership_change|max_host)")
+    st = p.stats("^cluster\\.(v4|logical)\\.(update|membership_change|max_host)")
     assert st["cluster.v4.update_success"] >= 3 and st["cluster.v4.update_failure"] == 0
     assert st["cluster.v4.membership_change"] == 1       # same answer: no rebuild
     assert st["cluster.v4.update_no_rebuild"] >= 2 and st["cluster.v4.max_host_weight"] == 1
     assert st["cluster.logical.max_host_weight"] == 0
-    # NXDOMAIN is an empty answer: success, no hosts, no failure.
-    assert st["cluster.nx.update_success"] == 1 and st["cluster.nx.update_failure"] == 0
-    assert hosts_of(p, "nx") == []
+
+
+class FakeResolverLoop:
+    """``getaddrinfo`` answers from a table, so no query leaves the machine."""
+
+    def __init__(self, answers):
+        self.answers = answers      # (name, family) -> [addresses] or an exception
+
+    async def getaddrinfo(self, name, port, family=0, type=0):
+        a = self.answers.get((name, family), socket.gaierror(socket.EAI_NONAME, "unknown"))
+        if isinstance(a, Exception):
+            raise a
+        return [(family, type, 6, "", (addr, port)) for addr in a]
+
+
+@pytest.mark.parametrize("family,expected", [
+    ("AUTO", ["10.0.0.1"]),                     # no AAAA answer: fall back to A
+    ("V4_PREFERRED", ["10.0.0.1"]),
+    ("V6_ONLY", []),
+    ("ALL", ["10.0.0.1"]),
+])
+def test_resolve_families_without_network(family, expected):
+    loop = FakeResolverLoop({("svc", socket.AF_INET): ["10.0.0.1", "10.0.0.1"]})
+    assert asyncio.run(resolve(loop, "svc", 80, family)) == expected
+
+
+def test_resolve_orders_and_failures():
+    both = FakeResolverLoop({("svc", socket.AF_INET): ["10.0.0.1"],
+                             ("svc", socket.AF_INET6): ["fd00::1"]})
+    assert asyncio.run(resolve(both, "svc", 80, "AUTO")) == ["fd00::1"]
+    assert asyncio.run(resolve(both, "svc", 80, "V4_PREFERRED")) == ["10.0.0.1"]
+    assert asyncio.run(resolve(both, "svc", 80, "ALL")) == ["10.0.0.1", "fd00::1"]
+    # NXDOMAIN is an empty answer (Envoy: update_success with no hosts); a resolver that
+    # cannot answer is a failure.
+    assert asyncio.run(resolve(FakeResolverLoop({}), "nx", 80, "AUTO")) == []
+    down = FakeResolverLoop({("x", socket.AF_INET): socket.gaierror(socket.EAI_AGAIN, "again"),
+                             ("x", socket.AF_INET6): socket.gaierror(socket.EAI_AGAIN, "again")})
+    with pytest.raises(OSError):
+        asyncio.run(resolve(down, "x", 80, "AUTO"))
+    assert asyncio.run(resolve(FakeResolverLoop({}), "LocalHost.", 80, "V6_ONLY")) == ["::1"]
 
 
 def test_weighted_round_robin_and_least_request(env):
