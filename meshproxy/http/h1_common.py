@@ -35,8 +35,9 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-def encode_response_head(resp, chunked: bool, end_stream: bool, head_request: bool = False) -> bytes:
-    parts = [status_line(resp.status)]
+def encode_response_head(resp, chunked: bool, end_stream: bool, head_request: bool = False,
+                         http10: bool = False) -> bytes:
+    parts = [status_line(resp.status) if not http10 else b"HTTP/1.0" + status_line(resp.status)[8:]]
     for n, v in resp.headers:
         parts.append(n + b": " + v + CRLF)
     if chunked:
@@ -45,6 +46,10 @@ def encode_response_head(resp, chunked: bool, end_stream: bool, head_request: bo
         s = resp.status
         if s >= 200 and s != 204 and s != 304:
             parts.append(b"content-length: 0\r\n")
+    elif head_request and resp.chunked and resp.content_length < 0:
+        # A HEAD response keeps the upstream's "transfer-encoding: chunked" as information,
+        # with no body (Envoy's encodeHeadersBase; RFC 9110 §9.3.2).
+        parts.append(b"transfer-encoding: chunked\r\n")
     parts.append(CRLF)
     return b"".join(parts)
 

@@ -51,6 +51,8 @@ HcmStats = stat_block(
 _CODEC_TYPES = {0: "AUTO", 1: "HTTP1", 2: "HTTP2", 3: "HTTP3"}
 _SERVER_TRANSFORM = {0: "OVERWRITE", 1: "APPEND_IF_ABSENT", 2: "PASS_THROUGH"}
 _UNDERSCORES = {0: "ALLOW", 1: "REJECT_REQUEST", 2: "DROP_HEADER"}
+_FCC = {0: "SANITIZE", 1: "FORWARD_ONLY", 2: "APPEND_FORWARD", 3: "SANITIZE_SET",
+        4: "ALWAYS_FORWARD_ONLY"}
 
 
 class HttpFilterFactory:
@@ -74,7 +76,8 @@ class HcmConfig:
                  "max_connection_duration", "max_requests_per_connection", "filters",
                  "suppress_envoy_headers", "proxy_100_continue", "upgrade_types",
                  "reject_fragment", "normalize_path", "merge_slashes", "stats", "terminal",
-                 "internal_address_config", "proto")
+                 "internal_address_config", "delayed_close_timeout", "local_address",
+                 "forward_client_cert", "proto")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -151,6 +154,9 @@ def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
         stream_idle_timeout=duration(h, "stream_idle_timeout", 300.0) or None,
         request_timeout=duration(h, "request_timeout", 0.0) or None,
         request_headers_timeout=duration(h, "request_headers_timeout", 0.0) or None,
+        delayed_close_timeout=duration(h, "delayed_close_timeout", 1.0),
+        forward_client_cert=_FCC.get(h.forward_client_cert_details, "SANITIZE"),
+        local_address=local_address(),
         max_stream_duration=duration(cho, "max_stream_duration", 0.0) or None,
         drain_timeout=duration(h, "drain_timeout", 5.0),
         max_connection_duration=duration(cho, "max_connection_duration", 0.0) or None,
@@ -219,4 +225,38 @@ def default_hcm_config(stat_prefix: str, route_table) -> HcmConfig:
         server_transform="OVERWRITE", generate_request_id=False, idle_timeout=3600.0,
         stream_idle_timeout=300.0, drain_timeout=5.0, filters=(), upgrade_types={},
         reject_fragment=True, terminal="admin", max_requests_per_connection=0,
-        internal_address_config=())
+        internal_address_config=(), delayed_close_timeout=1.0, local_address=None,
+        forward_client_cert="SANITIZE")
+
+
+_LOCAL_ADDRESS: list = []
+
+
+def local_address() -> str | None:
+    """The address Envoy's LocalInfo reports (``Network::Utility::getLocalAddress``): the
+    first non-loopback IPv4 address of an interface. The HCM appends it to X-Forwarded-For
+    in place of a loopback peer's address."""
+    if not _LOCAL_ADDRESS:
+        _LOCAL_ADDRESS.append(_first_interface_address())
+    return _LOCAL_ADDRESS[0]
+
+
+def _first_interface_address() -> str | None:
+    import fcntl
+    import socket
+    import struct
+    try:
+        names = [n for _, n in socket.if_nameindex()]
+    except OSError:
+        return None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for name in names:
+            try:
+                res = fcntl.ioctl(s.fileno(), 0x8915,  # SIOCGIFADDR
+                                  struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            ip = socket.inet_ntoa(res[20:24])
+            if not ip.startswith("127."):
+                return ip
+    return None

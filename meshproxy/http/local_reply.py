@@ -27,10 +27,17 @@ CLUSTER_NOT_FOUND = Reply(503, b"", "NC", "cluster_not_found")
 NO_HEALTHY_UPSTREAM = Reply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
 UPSTREAM_TIMEOUT = Reply(504, b"upstream request timeout", "UT", "upstream_response_timeout")
 STREAM_IDLE_TIMEOUT = Reply(408, b"stream timeout", "SI", "stream_idle_timeout")
+# The request had fully arrived: the wait is the upstream's, hence a gateway timeout.
+STREAM_IDLE_TIMEOUT_504 = Reply(504, b"stream timeout", "SI", "stream_idle_timeout")
 REQUEST_TIMEOUT = Reply(408, b"request timeout", "", "request_overall_timeout")
+MAX_DURATION_408 = Reply(408, b"downstream duration timeout", "", "max_duration_timeout")
+MAX_DURATION_504 = Reply(504, b"downstream duration timeout", "", "max_duration_timeout")
+REQUEST_HEADER_TIMEOUT = Reply(408, b"request header timeout", "", "request_header_timeout")
 UPGRADE_FAILED = Reply(403, b"", "", "upgrade_failed")
 MISSING_HOST = Reply(400, b"", "", "missing_host_header")
 INVALID_PATH = Reply(400, b"", "", "path_normalization_failed")
+ABSOLUTE_PATH = Reply(404, b"", "", "absolute_path")
+INVALID_METHOD = Reply(400, b"", "", "invalid_method")
 OVERFLOW = Reply(503, b"upstream connect error or disconnect/reset before headers. "
                       b"reset reason: overflow", "UO", "upstream_reset_before_response_started",
                  overloaded=True)
@@ -65,12 +72,11 @@ def codec_error(status: int, details: str) -> Reply:
 def response_for(reply: Reply, body: bytes | None = None) -> tuple[ResponseHeaders, bytes]:
     """Headers and body of a local reply. ``body`` overrides the entry's body."""
     b = reply.body if body is None else body
-    headers = []
+    # The router sets x-envoy-overloaded before the reply is built, so it comes first.
+    headers = [(b"x-envoy-overloaded", b"true")] if reply.overloaded else []
     resp = ResponseHeaders(reply.status, headers)
     if b:
         headers.append((b"content-length", b"%d" % len(b)))
         headers.append((b"content-type", b"text/plain"))
         resp.content_length = len(b)
-    if reply.overloaded:
-        headers.append((b"x-envoy-overloaded", b"true"))
     return resp, b

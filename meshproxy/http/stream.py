@@ -1,11 +1,12 @@
 """One request/response exchange inside the connection manager (Envoy's ``ActiveStream``).
 
-Request path: the codec calls ``decode_headers`` / ``decode_data``; the stream applies the
-connection manager's header rules (``ConnectionManagerUtility::mutateRequestHeaders``), picks the
-route, answers direct responses and redirects itself, and hands routed requests to the router.
-Response path: the router (or a local reply) calls ``encode_headers`` / ``encode_data``; the
-stream adds ``date``, ``server``, ``connection: close`` when the connection will close, and
-passes the result to the codec. Timeouts are deadlines checked by the connection's lazy timer.
+The stream exists from the request's first byte (so the request, header and stream-idle
+timeouts run while the head is still arriving), as in Envoy. Request path: the codec calls
+``decode_headers`` / ``decode_data``; the stream applies the connection manager's header rules
+(``ConnectionManagerUtility::mutateRequestHeaders``), picks the route, answers direct responses
+and redirects itself, and hands routed requests to the router. Response path: the router (or a
+local reply) calls ``encode_headers`` / ``encode_data``; the stream adds ``date``, ``server``,
+``connection`` as Envoy decides it, and passes the result to the codec.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from __future__ import annotations
 import time
 
 from meshproxy.http import local_reply
-from meshproxy.http.request_id import new_request_id
-from meshproxy.http.sanitize import sanitize
+from meshproxy.http.sanitize import mutate_request_headers
 from meshproxy.router.route_table import ADMIN, DIRECT_RESPONSE, REDIRECT, ROUTE
 
-_XFP = b"x-forwarded-proto"
 _XRID = b"x-request-id"
 _DATE_CACHE = [0, b""]
 
@@ -35,19 +34,20 @@ class ActiveStream:
                  "start_mono", "request_complete", "request_complete_time", "response_started",
                  "response_complete", "response_status", "response_flags", "details",
                  "upstream_host", "upstream_cluster_name", "idle_deadline", "request_deadline",
-                 "route_deadline", "done", "request_headers_end_stream", "close_connection",
-                 "bytes_received", "bytes_sent", "request_id")
+                 "route_deadline", "headers_deadline", "done", "request_headers_end_stream",
+                 "close_connection", "bytes_received", "bytes_sent", "request_id",
+                 "max_deadline")
 
     def __init__(self, hcm):
         self.hcm = hcm
         self.codec = hcm.codec
-        self.config = hcm.config
+        cfg = self.config = hcm.config
         self.conn = hcm.conn
         self.request = None
         self.route = None
         self.router = None
         self.start_time = time.time()
-        self.start_mono = hcm.loop.time()
+        now = self.start_mono = hcm.loop.time()
         self.request_complete = False
         self.request_complete_time = 0.0
         self.response_started = False
@@ -60,72 +60,76 @@ class ActiveStream:
         self.idle_deadline = None
         self.request_deadline = None
         self.route_deadline = None
+        self.headers_deadline = None
         self.done = False
         self.request_headers_end_stream = False
         self.close_connection = False
         self.bytes_received = 0
         self.bytes_sent = 0
         self.request_id = None
-        cfg = self.config
-        now = self.start_mono
+        stats = cfg.stats
+        stats.downstream_rq_total += 1
+        stats.downstream_rq_http1_total += 1
+        stats.downstream_rq_active += 1
+        timer = hcm.timer
         if cfg.stream_idle_timeout:
             self.idle_deadline = now + cfg.stream_idle_timeout
-            hcm.timer.schedule(self.idle_deadline)
+            timer.schedule(self.idle_deadline)
         if cfg.request_timeout:
             self.request_deadline = now + cfg.request_timeout
-            hcm.timer.schedule(self.request_deadline)
+            timer.schedule(self.request_deadline)
+        if cfg.request_headers_timeout:
+            self.headers_deadline = now + cfg.request_headers_timeout
+            timer.schedule(self.headers_deadline)
+        self.max_deadline = None
+        if cfg.max_stream_duration:
+            self.max_deadline = now + cfg.max_stream_duration
+            timer.schedule(self.max_deadline)
 
     # ------------------------------------------------------------------ request path
 
     def decode_headers(self, req, end_stream: bool) -> None:
         cfg = self.config
         stats = cfg.stats
-        stats.downstream_rq_total += 1
-        stats.downstream_rq_http1_total += 1
-        stats.downstream_rq_active += 1
         self.request = req
+        self.headers_deadline = None
+        if self.idle_deadline is not None:
+            self.idle_deadline = self.hcm.loop.time() + cfg.stream_idle_timeout
         if not req.keep_alive:
             self.close_connection = True
+        mrpc = cfg.max_requests_per_connection
+        if mrpc:
+            hcm = self.hcm
+            hcm.requests_started += 1
+            if hcm.requests_started >= mrpc:
+                # This request's response is the connection's last (Connection: close).
+                stats.downstream_cx_max_requests_reached += 1
+                self.close_connection = True
         if end_stream:
             self._on_request_complete()
         # Envoy's HCM checks (ConnectionManagerImpl::ActiveStream::decodeHeaders)
-        if req.authority is None:
-            return self.send_local_reply(local_reply.MISSING_HOST)
-        path = req.path
-        if cfg.reject_fragment and b"#" in path:
-            return self.send_local_reply(local_reply.INVALID_PATH)
         if req.upgrade is not None and not self._upgrade_allowed(req):
             stats.downstream_rq_ws_on_non_ws_route += 1
-            self.close_connection = True
             return self.send_local_reply(local_reply.UPGRADE_FAILED)
+        if req.authority is None:
+            return self.send_local_reply(local_reply.MISSING_HOST)
+        if req.method == b"QUERY":
+            # Envoy 1.40's codec takes QUERY but its connection manager refuses it.
+            return self.send_local_reply(local_reply.INVALID_METHOD)
+        path = req.path
+        if path[:1] != b"/" and req.method != b"CONNECT" and path != b"*":
+            stats.downstream_rq_non_relative_path += 1
+            return self.send_local_reply(local_reply.ABSOLUTE_PATH)
+        if cfg.reject_fragment and b"#" in path:
+            return self.send_local_reply(local_reply.INVALID_PATH)
         if req.expect_continue and not cfg.proxy_100_continue:
-            # Envoy answers "Expect: 100-continue" itself and strips it (RFC 9110 §10.1.1).
+            # Envoy answers "Expect: 100-continue" itself and strips it (RFC 9110 §10.1.1);
+            # the 100 counts as a completed 1xx response in the stats, as in Envoy.
             self.codec.encode_100_continue()
-        # Request header mutation for a sidecar (use_remote_address false by default).
-        h = req.headers
-        xfp = None
-        rid = None
-        for n, v in h:
-            if n[:2] == b"x-":
-                if n == _XFP:
-                    xfp = v
-                elif n == _XRID:
-                    rid = v
-                elif n[:8] == b"x-envoy-":
-                    req.envoy_headers = True
-        if req.envoy_headers or cfg.internal_address_config:
-            sanitize(req, self.conn, cfg)
-            h = req.headers
-        if cfg.use_remote_address:
-            # Edge proxy: this hop's own scheme and client address are authoritative.
-            self._append_xff(req)
-            req.set(_XFP, req.scheme)
-        elif xfp is None:
-            h.append((_XFP, req.scheme))
-        if rid is None and cfg.generate_request_id:
-            rid = new_request_id()
-            h.append((_XRID, rid))
-        self.request_id = rid
+            stats.downstream_rq_1xx += 1
+            stats.downstream_rq_completed += 1
+        self.request_id = mutate_request_headers(req, self.conn, cfg)
+        stats.rq_total += 1  # the router filter sees the request from here on
         route = cfg.route_table.route(req)
         if route is None:
             stats.no_route += 1
@@ -170,29 +174,16 @@ class ActiveStream:
         up = req.upgrade.lower()
         return bool(self.config.upgrade_types.get(up)) and False  # upgrades land with issue 7
 
-    def _append_xff(self, req):
-        if self.config.skip_xff_append:
-            return
-        ra = self.conn.remote_address
-        if not ra:
-            return
-        ip = ra[0].encode() if isinstance(ra, tuple) else b""
-        old = req.get(b"x-forwarded-for")
-        req.set(b"x-forwarded-for", old + b"," + ip if old else ip)
-
     # ------------------------------------------------------------------ local answers
 
     def _direct_response(self, route) -> None:
         dr = route.action
         body = dr.body or b""
-        headers = []
-        resp = local_reply.ResponseHeaders(dr.status, headers)
-        if body:
-            headers.append((b"content-length", b"%d" % len(body)))
-            headers.append((b"content-type", b"text/plain"))
-            resp.content_length = len(body)
+        reply = local_reply.Reply(dr.status, body, "", "direct_response")
+        self.details = reply.details
+        resp, b = local_reply.response_for(reply)
         self.apply_route_response_mutations(resp, None)
-        self._send(resp, body)
+        self._local(reply, resp, b)
 
     def _redirect(self, route) -> None:
         from meshproxy.router.redirect import redirect_location
@@ -214,7 +205,14 @@ class ActiveStream:
         resp, b = local_reply.response_for(reply, body)
         if route_mutations and self.route is not None:
             self.apply_route_response_mutations(resp, None)
-        self._send(resp, b)
+        self._local(reply, resp, b)
+
+    def _local(self, reply, resp, body: bytes) -> None:
+        if reply.status == 400:
+            # A 400 means a malformed message: HTTP/1 cannot trust the connection any more
+            # (ActiveStream::sendLocalReply, stream_error_on_invalid_http_message false).
+            self.close_connection = True
+        self._send(resp, body)
 
     def _send(self, resp, body: bytes) -> None:
         if body:
@@ -238,8 +236,11 @@ class ActiveStream:
 
     def encode_headers(self, resp, end_stream: bool) -> None:
         cfg = self.config
+        hcm = self.hcm
         self.response_started = True
         self.response_status = resp.status
+        if self.idle_deadline is not None:
+            self.idle_deadline = hcm.loop.time() + cfg.stream_idle_timeout
         h = resp.headers
         # date and server (ConnectionManagerUtility::mutateResponseHeaders)
         resp.set(b"date", date_value())
@@ -253,15 +254,26 @@ class ActiveStream:
         if cfg.via is not None:
             old = resp.get(b"via")
             resp.set(b"via", old + b", " + cfg.via if old else cfg.via)
-        if self.hcm.draining and not self.close_connection:
-            self.close_connection = True
+        req = self.request
+        http10 = req is not None and req.version == b"1.0"
+        if hcm.draining and not hcm.drain_state:
+            # The listener drains: like Envoy's drainClose() decision, this starts the
+            # connection's drain sequence (Connection: close from now on).
+            hcm.start_drain_sequence()
             cfg.stats.downstream_cx_drain_close += 1
+        if http10 and not end_stream and resp.content_length < 0:
+            # An HTTP/1.0 body of unknown length is delimited by the close (RFC 9112 §6.3).
+            self.close_connection = True
         if not self.request_complete:
             # The response ends before the request: HTTP/1 cannot continue on this
             # connection (Envoy: downstream_rq_response_before_rq_complete).
             self.close_connection = True
-        if self.close_connection and (self.request is None or self.request.version != b"1.0"):
+        if self.close_connection or hcm.drain_state:
+            # While draining Envoy only announces the close; the connection itself closes
+            # at the end of drain_timeout (or when the client does).
             h.append((b"connection", b"close"))
+        elif http10:
+            h.append((b"connection", b"keep-alive"))
         self.codec.encode_headers(self, resp, end_stream)
         s = resp.status // 100
         stats = cfg.stats
@@ -294,7 +306,10 @@ class ActiveStream:
     def _on_response_complete(self) -> None:
         self.response_complete = True
         if not self.request_complete:
-            self.config.stats.downstream_rq_response_before_rq_complete += 1
+            # Envoy resets a stream whose response ended first, which counts as a reset.
+            stats = self.config.stats
+            stats.downstream_rq_response_before_rq_complete += 1
+            stats.downstream_rq_rx_reset += 1
         self._finish()
 
     def _finish(self) -> None:
@@ -302,6 +317,7 @@ class ActiveStream:
             return
         self.done = True
         self.idle_deadline = self.request_deadline = self.route_deadline = None
+        self.headers_deadline = self.max_deadline = None
         stats = self.config.stats
         stats.downstream_rq_active -= 1
         stats.downstream_rq_completed += 1
@@ -340,28 +356,43 @@ class ActiveStream:
                 self.router.on_timeout()
             if self.done:
                 return None
+        stats = self.config.stats
+        d = self.max_deadline
+        if d is not None and now >= d:
+            self.max_deadline = None
+            stats.downstream_rq_max_duration_reached += 1
+            self._timeout_reply(local_reply.MAX_DURATION_408 if not self.request_complete
+                                else local_reply.MAX_DURATION_504)
+            return None
+        d = self.headers_deadline
+        if d is not None and now >= d:
+            self.headers_deadline = None
+            stats.downstream_rq_header_timeout += 1
+            self._timeout_reply(local_reply.REQUEST_HEADER_TIMEOUT)
+            return None
         d = self.request_deadline
         if d is not None and now >= d:
             self.request_deadline = None
             if not self.request_complete:
-                self.config.stats.downstream_rq_timeout += 1
+                stats.downstream_rq_timeout += 1
                 self._timeout_reply(local_reply.REQUEST_TIMEOUT)
                 return None
         d = self.idle_deadline
         if d is not None and now >= d:
             self.idle_deadline = None
-            self.config.stats.downstream_rq_idle_timeout += 1
-            self._timeout_reply(local_reply.STREAM_IDLE_TIMEOUT)
+            stats.downstream_rq_idle_timeout += 1
+            # 408 while the request is still arriving, else 504 (onStreamIdleTimeout).
+            self._timeout_reply(local_reply.STREAM_IDLE_TIMEOUT if not self.request_complete
+                                else local_reply.STREAM_IDLE_TIMEOUT_504)
             return None
-        ds = [x for x in (self.route_deadline, self.request_deadline, self.idle_deadline)
-              if x is not None]
+        ds = [x for x in (self.route_deadline, self.request_deadline, self.idle_deadline,
+                          self.headers_deadline, self.max_deadline) if x is not None]
         return min(ds) if ds else None
 
     def _timeout_reply(self, reply):
         r = self.router
         if r is not None:
             r.abort_upstream()
-        self.close_connection = True
         self.send_local_reply(reply)
 
     def __repr__(self):
