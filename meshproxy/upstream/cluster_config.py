@@ -53,6 +53,8 @@ class ClusterConfig:
     max_requests_per_connection: int
     idle_timeout: float | None
     max_connection_duration: float | None
+    max_headers_count: int
+    max_response_headers_bytes: int
     http2: bool
     use_downstream_protocol: bool
     dns_refresh_rate: float
@@ -219,6 +221,10 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         max_requests_per_connection=max_rpc,
         idle_timeout=duration(cho, "idle_timeout", 3600.0),
         max_connection_duration=duration(cho, "max_connection_duration", 0.0) or None,
+        # Envoy 1.40 refuses a response with more than 100 headers or a head (status line,
+        # headers, CRLFs) over 80 KiB: 502 "protocol error" (measured against the binary).
+        max_headers_count=wrapped(cho, "max_headers_count", 100),
+        max_response_headers_bytes=wrapped(cho, "max_response_headers_kb", 80) * 1024,
         http2=http2,
         use_downstream_protocol=use_downstream,
         dns_refresh_rate=duration(c, "dns_refresh_rate", 5.0),

@@ -50,7 +50,8 @@ class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
                  "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
-                 "draining", "connected", "active_on_close", "body", "duration_handle")
+                 "draining", "connected", "active_on_close", "body", "duration_handle",
+                 "head_size", "head_count", "limits")
 
     def __init__(self, pool):
         self.pool = pool
@@ -77,6 +78,10 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.active_on_close = False  # closed while a request was on it
         self.body = None              # body bytes parsed from the current read
         self.duration_handle = None   # max_connection_duration timer
+        self.head_size = 0            # bytes of the response head so far (limit check)
+        self.head_count = 0
+        cfg = pool.cluster.config
+        self.limits = (cfg.max_headers_count, cfg.max_response_headers_bytes)
 
     # ---------------------------------------------------------------- transport events
 
@@ -214,8 +219,18 @@ class UpstreamH1Connection(asyncio.Protocol):
     def on_message_begin(self):
         self.hdrs = []
         self.cstate = ConnectionHeaderState()
+        self.head_size = 17           # "HTTP/1.1 NNN " + CRLF after the status line, + CRLF
+        self.head_count = 0
+
+    def on_status(self, reason: bytes):
+        self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes):
+        self.head_count += 1
+        self.head_size += len(name) + len(value) + 4
+        limits = self.limits
+        if self.head_count > limits[0] or self.head_size > limits[1]:
+            raise httptools.HttpParserError("response headers over the limit")
         name = name.lower()
         if name in _SPECIAL:
             keep = self.cstate.take(name, value)

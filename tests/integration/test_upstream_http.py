@@ -73,6 +73,15 @@ RAW = {
     "bigresp": [b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % (64 << 20),
                 ("flood", 64 << 20, 1.5), "close"],
     "holdbody": [("hold", 1.6), "close"],
+    # Envoy 1.40's response head limits: 100 headers, 80 KiB (status line and CRLFs included).
+    "hdr100": [b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(99)) +
+               b"content-length: 2\r\n\r\nok"],
+    "hdr101": [b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(100)) +
+               b"content-length: 2\r\n\r\nok", "close"],
+    "head80k": [b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 81873 +
+                b"\r\ncontent-length: 2\r\n\r\nok"],
+    "head80k1": [b"HTTP/1.1 200 OK\r\nx-big: " + b"a" * 81874 +
+                 b"\r\ncontent-length: 2\r\n\r\nok", "close"],
 }
 
 
@@ -227,7 +236,8 @@ def test_reset_before_headers_is_503_uc(env):
     assert d["cluster.up.upstream_rq_503"] == 1
 
 
-@pytest.mark.parametrize("case", ["garbage", "dupcl", "clte", "badte", "status99"])
+@pytest.mark.parametrize("case", ["garbage", "dupcl", "clte", "badte", "status99", "hdr101",
+                                  "head80k1"])
 def test_malformed_response_is_502_protocol_error(env, case):
     p, _, _ = env
     s0 = cstats(p, "raw")
@@ -274,6 +284,8 @@ def test_no_healthy_upstream(env):
     ("lf", "GET", 200, b"ok", {}),
     ("hop", "GET", 200, b"ok", {"x-foo": "1", "keep-alive": None, "connection": None}),
     ("http10", "GET", 200, b"ok", {}),
+    ("hdr100", "GET", 200, b"ok", {"x-h98": "v"}),
+    ("head80k", "GET", 200, b"ok", {}),
 ])
 def test_response_framing(env, case, method, status, body, headers):
     p, _, _ = env
