@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from meshproxy.http.hcm_config import HcmStats, default_hcm_config
 from meshproxy.listener.config import (MAIN_THREAD_ONLY, FilterChain, ListenerConfig,
-                                       ListenerStats)
+                                       ListenerHttpStats, ListenerStats)
 from meshproxy.listener.manager import ActiveListener
 from meshproxy.router.route_table import (ADMIN, PREFIX, Route, RouteMatch, RouteTable,
                                           VirtualHost)
@@ -66,6 +66,8 @@ class Admin:
                             "downstream_cx_http1_active")
         chain = FilterChain("admin", "http", hcm)
         chain.ctx = ctx
+        chain.listener_http_stats = ListenerHttpStats()
+        ctx.store.register("listener.admin.http.admin.", chain.listener_http_stats)
         self.listener_config = ListenerConfig(
             name="admin", address=cfg.admin_address, unix=cfg.admin_unix, stat_name="admin",
             chains=(chain,), default_chain=None, buffer_limit=1024 * 1024, bind_to_port=True,

@@ -20,6 +20,7 @@ import struct
 from meshproxy.http import local_reply
 from meshproxy.http.codec import CodecError
 from meshproxy.http.stream import ActiveStream
+from meshproxy.listener.config import ListenerHttpStats
 from meshproxy.timer import LazyTimer
 
 _SERVER_DRAINING = 1   # meshproxy.server.DRAINING: the process is shutting down
@@ -48,7 +49,7 @@ class HttpConnectionManager:
                  "draining", "closed", "cluster_manager", "listener_buffer_limit",
                  "requests_served", "ctx", "drain_state", "drain_deadline", "duration_deadline",
                  "delayed_close_deadline", "unread", "sync_depth", "queued_responses",
-                 "saw_data", "requests_started")
+                 "saw_data", "requests_started", "lstats")
 
     def __init__(self, config, conn, ctx):
         self.config = config
@@ -58,6 +59,9 @@ class HttpConnectionManager:
         self.cluster_manager = ctx.cluster_manager
         self.listener_buffer_limit = conn.listener.config.buffer_limit
         stats = self.stats = config.stats
+        chain = conn.filter_chain
+        lstats = chain.listener_http_stats if chain is not None else None
+        self.lstats = lstats if lstats is not None else ListenerHttpStats()
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         self.codec = _codec_class(config.codec_backend)(self, self._write, config.limits)

@@ -128,6 +128,9 @@ class ActiveStream:
             self.codec.encode_100_continue()
             stats.downstream_rq_1xx += 1
             stats.downstream_rq_completed += 1
+            ls = self.hcm.lstats
+            ls.downstream_rq_1xx += 1
+            ls.downstream_rq_completed += 1
         self.request_id = mutate_request_headers(req, self.conn, cfg)
         stats.rq_total += 1  # the router filter sees the request from here on
         route = cfg.route_table.route(req)
@@ -177,13 +180,22 @@ class ActiveStream:
     # ------------------------------------------------------------------ local answers
 
     def _direct_response(self, route) -> None:
+        from meshproxy.router.redirect import direct_response_location
         dr = route.action
         body = dr.body or b""
         reply = local_reply.Reply(dr.status, body, "", "direct_response")
         self.details = reply.details
-        resp, b = local_reply.response_for(reply)
+        # Envoy: a 201/3xx direct response carries the request's URI as location; the route's
+        # response headers come before the body's content-length/content-type.
+        location = direct_response_location(self.request, dr.status)
+        resp = local_reply.ResponseHeaders(dr.status, [] if location is None
+                                           else [(b"location", location)])
         self.apply_route_response_mutations(resp, None)
-        self._local(reply, resp, b)
+        if body:
+            resp.headers.append((b"content-length", b"%d" % len(body)))
+            resp.headers.append((b"content-type", b"text/plain"))
+            resp.content_length = len(body)
+        self._local(reply, resp, body)
 
     def _redirect(self, route) -> None:
         from meshproxy.router.redirect import redirect_location
@@ -277,16 +289,22 @@ class ActiveStream:
         self.codec.encode_headers(self, resp, end_stream)
         s = resp.status // 100
         stats = cfg.stats
+        ls = hcm.lstats   # Envoy's per-listener copy (listener.<addr>.http.<prefix>.*)
         if s == 2:
             stats.downstream_rq_2xx += 1
+            ls.downstream_rq_2xx += 1
         elif s == 5:
             stats.downstream_rq_5xx += 1
+            ls.downstream_rq_5xx += 1
         elif s == 4:
             stats.downstream_rq_4xx += 1
+            ls.downstream_rq_4xx += 1
         elif s == 3:
             stats.downstream_rq_3xx += 1
+            ls.downstream_rq_3xx += 1
         else:
             stats.downstream_rq_1xx += 1
+            ls.downstream_rq_1xx += 1
         if end_stream:
             self._on_response_complete()
 
@@ -321,6 +339,7 @@ class ActiveStream:
         stats = self.config.stats
         stats.downstream_rq_active -= 1
         stats.downstream_rq_completed += 1
+        self.hcm.lstats.downstream_rq_completed += 1
         self.hcm.stream_done(self)
 
     # ------------------------------------------------------------------ resets and timeouts

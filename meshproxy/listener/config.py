@@ -38,14 +38,23 @@ WORKER_ONLY = ("main_thread.downstream_cx_total", "main_thread.downstream_cx_act
 MAIN_THREAD_ONLY = ("worker_0.downstream_cx_total", "worker_0.downstream_cx_active")
 
 
+# Envoy keeps a per-listener copy of a few HCM stats: listener.<addr>.http.<prefix>.*
+ListenerHttpStats = stat_block(
+    "ListenerHttpStats",
+    counters=("downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+              "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_completed"),
+)
+
+
 class FilterChain:
-    __slots__ = ("name", "kind", "config", "ctx")
+    __slots__ = ("name", "kind", "config", "ctx", "listener_http_stats")
 
     def __init__(self, name, kind, config):
         self.name = name
         self.kind = kind      # "http" or "tcp"
         self.config = config  # HcmConfig or TcpProxyConfig
         self.ctx = None       # server context, set when the listener is started
+        self.listener_http_stats = None  # set by the listener manager for HTTP chains
 
     def create_filter(self, conn):
         if self.kind == "http":

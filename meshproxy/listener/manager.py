@@ -11,7 +11,7 @@ import logging
 import socket
 
 from meshproxy.http.hcm_config import HcmStats
-from meshproxy.listener.config import WORKER_ONLY, ListenerStats
+from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats, ListenerStats
 from meshproxy.network.connection import DownstreamConnection
 from meshproxy.network.tcp_proxy import TcpStats
 from meshproxy.stats import stat_block
@@ -155,6 +155,7 @@ class ListenerManager:
 
     def add(self, config) -> ActiveListener:
         al = ActiveListener(config, self.ctx)
+        per_listener_http: dict[str, object] = {}
         if not config.unix:
             self._by_address.setdefault((config.address[0], config.address[1]), al)
         for chain in config.all_chains():
@@ -169,6 +170,13 @@ class ListenerManager:
                 else:
                     cfg.stats = TcpStats()
                     self.store.register(f"tcp.{cfg.stat_prefix}.", cfg.stats)
+            if chain.kind == "http":
+                lhs = per_listener_http.get(cfg.stat_prefix)
+                if lhs is None:
+                    lhs = per_listener_http[cfg.stat_prefix] = ListenerHttpStats()
+                    self.store.register(f"listener.{config.stat_name}.http.{cfg.stat_prefix}.",
+                                        lhs)
+                chain.listener_http_stats = lhs
         self.listeners[config.name] = al
         self.store.register(f"listener.{config.stat_name}.", al.stats, exclude=WORKER_ONLY)
         self.stats.listener_added += 1

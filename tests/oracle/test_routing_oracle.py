@@ -203,13 +203,6 @@ def test_header_mutations(mutations, with_client):
         assert envoy[3][2][1:] == hm.EXPECTED[key]
 
 
-# Cases that need meshproxy/router/router.py to call rewrite.finalize_request_headers (host
-# rewrite before path rewrite, x-envoy-original-host, x-envoy-original-path on every
-# configured rewrite): the router is owned elsewhere; see the routing report.
-NEEDS_ROUTER = {"/same/a", "/rn/a", "/hl/a", "/hlx/a", "/hh/a", "/hp/foo.com/x?y=z",
-                "/hp/nomatch", "/hpr/bar.com/x", "/hhp/a"}
-
-
 @pytest.fixture(scope="module")
 def rewrites():
     pair = Pair([{"name": "all", "domains": ["*"], "routes": rr.REWRITE_ROUTES}])
@@ -220,10 +213,7 @@ def rewrites():
 def _rewrite_cases():
     for c in rr.REWRITE_CASES:
         path, headers = c[0], c[1]
-        needs = path in NEEDS_ROUTER and not (path == "/hh/a" and headers == [("x-host", "")])
-        marks = pytest.mark.xfail(strict=True, reason="router.py must call "
-                                                      "finalize_request_headers") if needs else ()
-        yield pytest.param(path, headers, marks=marks, id=f"{path}-{len(headers)}")
+        yield pytest.param(path, headers, id=f"{path}-{len(headers)}")
 
 
 @pytest.mark.parametrize("path,headers", list(_rewrite_cases()))
