@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from meshproxy.http.hcm_config import HcmStats, default_hcm_config
 from meshproxy.listener.config import (MAIN_THREAD_ONLY, FilterChain, ListenerConfig,
-                                       ListenerHttpStats, ListenerStats)
+                                       ListenerHttpStats)
 from meshproxy.listener.manager import ActiveListener
 from meshproxy.router.route_table import (ADMIN, PREFIX, Route, RouteMatch, RouteTable,
                                           VirtualHost)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import struct
 
 from meshproxy.listener import inspectors
 from meshproxy.listener.chain_match import conn_info
@@ -25,6 +27,19 @@ from meshproxy.listener.listener_filters import HTTP_INSPECTOR, TLS_INSPECTOR
 from meshproxy.network.original_dst import original_dst
 
 log = logging.getLogger("meshproxy.connection")
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+def reset_transport(transport) -> None:
+    """Close with RST rather than FIN (SO_LINGER 0): how Envoy passes a reset on."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        except OSError:
+            pass
+    transport.abort()
 
 
 class DownstreamConnection(asyncio.Protocol):
@@ -200,7 +215,7 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         if self.close_reason is None:
-            self.close_reason = "remote"
+            self.close_reason = "reset" if isinstance(exc, ConnectionResetError) else "remote"
         if self.inspect_timer is not None:
             self.inspect_timer.cancel()
             self.inspect_timer = None
@@ -255,6 +270,14 @@ class DownstreamConnection(asyncio.Protocol):
             t.close()
         else:
             t.abort()
+
+    def reset(self) -> None:
+        """Abort with RST (a reset passed on from the other side)."""
+        if self.closed or self.transport is None:
+            return
+        if self.close_reason is None:
+            self.close_reason = "local"
+        reset_transport(self.transport)
 
     def half_close(self) -> None:
         """Send FIN after pending writes (TCP half-close, for tcp_proxy)."""

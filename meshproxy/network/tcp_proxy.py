@@ -20,11 +20,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import socket
-import struct
 
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
+from meshproxy.network.connection import reset_transport
 from meshproxy.stats import stat_block
 
 log = logging.getLogger("meshproxy.filter")
@@ -42,22 +41,6 @@ TcpStats = stat_block(
     gauges=("downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
             "upstream_flush_active"),
 )
-
-_LINGER_RST = struct.pack("ii", 1, 0)
-
-
-def _reset(transport) -> None:
-    """Close with RST rather than FIN (SO_LINGER 0), as Envoy's tcp_proxy passes a reset on.
-    TODO(owner of network/connection.py): a ``DownstreamConnection.reset()`` would keep this
-    socket option out of the filter."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        except OSError:
-            pass
-    transport.abort()
-
 
 class TcpProxyConfig:
     __slots__ = ("stat_prefix", "cluster", "weighted", "total_weight", "idle_timeout",
@@ -336,7 +319,7 @@ class TcpProxy:
             self._cancel_timers()
             if exc is not None:
                 # Reset by the upstream: reset the downstream as well.
-                _reset(self.downstream.transport)
+                self.downstream.reset()
             else:
                 self.downstream.close(flush=True)
 
@@ -347,7 +330,7 @@ class TcpProxy:
         if up is not None and up.transport is not None and not up.closed:
             if reason == "reset":
                 # Envoy passes a downstream RST on to the upstream.
-                _reset(up.transport)
+                reset_transport(up.transport)
                 return
             if up.transport.get_write_buffer_size() and self.config.idle_timeout:
                 # The downstream is gone but bytes for the upstream are still queued: keep

@@ -317,9 +317,6 @@ def test_load_balancing_and_dns_same_as_envoy():
 
 TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 TCP_CASES = ("halfclose", "greet", "refused", "upclose", "uprst", "idle", "downrst")
-# A downstream RST reaches Envoy's upstream as an RST; meshproxy's DownstreamConnection does not
-# tell filters a close was a reset yet (reported to the owner of network/connection.py).
-RESET_PASSED_ON = pytest.mark.xfail(reason="DownstreamConnection does not report resets")
 
 
 def _tcp_client(p, case):
@@ -399,7 +396,6 @@ def test_tcp_proxy_same_as_envoy(tcp_results):
     assert mp[2] == env[2]
 
 
-@RESET_PASSED_ON
 def test_tcp_proxy_passes_downstream_reset_on(tcp_results):
     env, mp = tcp_results
     assert env[3] == ["RST"]
