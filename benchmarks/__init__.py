@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks of meshproxy against Envoy, nginx and HAProxy (never run by pytest)."""

@@ -1,0 +1,212 @@
+"""The routing jobs, each as one Envoy bootstrap dict (fed unchanged to meshproxy and Envoy)
+plus the nginx and HAProxy configurations that do the same job where those can.
+
+The upstream is one nginx worker serving fixed bodies from memory-mapped files; see
+``upstream_conf``. Every proxy's listener is called "bench".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SMALL_BODY = 64          # bytes; a typical small JSON answer
+LARGE_BODY = 64 * 1024   # the throughput scenarios
+
+_HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+        "HttpConnectionManager")
+_ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+_TCP = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+
+# What istiod puts on every outbound HTTP route (copied from a real sidecar config_dump,
+# ../shared/real-configs/TZ-Zephrus_DeathStarBench__config_dump.json).
+ISTIO_RETRY_POLICY = {
+    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+    "num_retries": 2,
+    "retry_host_predicate": [{
+        "name": "envoy.retry_host_predicates.previous_hosts",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                  "previous_hosts.v3.PreviousHostsPredicate"}}],
+    "host_selection_retry_max_attempts": 5,
+    "retriable_status_codes": [503],
+}
+
+# Istio's outbound cluster circuit breakers: effectively unlimited.
+_UNLIMITED = 4294967295
+ISTIO_CIRCUIT_BREAKERS = {"thresholds": [{
+    "max_connections": _UNLIMITED, "max_pending_requests": _UNLIMITED,
+    "max_requests": _UNLIMITED, "max_retries": _UNLIMITED, "track_remaining": True}]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    path: str                 # request path the load generators use
+    body_bytes: int           # response body size, for MB/s
+    kind: str                 # "http", "direct" (no upstream) or "tcp"
+    requests: int             # closed-loop request count per run (scaled by --scale)
+    connections: int = 32
+
+    def envoy_bootstrap(self, upstream_port: int) -> dict:
+        if self.kind == "tcp":
+            return _bootstrap(_tcp_listener(), [_cluster(upstream_port)])
+        if self.kind == "direct":
+            route = {"match": {"prefix": "/"},
+                     "direct_response": {"status": 200,
+                                         "body": {"inline_string": "x" * (SMALL_BODY - 1) + "\n"}}}
+            return _bootstrap(_http_listener([route]), [])
+        route = {"match": {"prefix": "/"},
+                 "route": {"cluster": "upstream", "timeout": "0s",
+                           "retry_policy": ISTIO_RETRY_POLICY, "max_grpc_timeout": "0s"}}
+        return _bootstrap(_http_listener([route]), [_cluster(upstream_port)])
+
+    def nginx_conf(self, listen_port: int, upstream_port: int) -> str | None:
+        if self.kind == "tcp":
+            return None   # Debian's nginx-light has no stream module
+        if self.kind == "direct":
+            loc = f'default_type text/plain; return 200 "{"x" * (SMALL_BODY - 1)}\\n";'
+        else:
+            # proxy_next_upstream's default ("error timeout") is the nearest to Istio's retries.
+            loc = ("proxy_pass http://up; proxy_http_version 1.1; "
+                   'proxy_set_header Connection "";')
+        return NGINX_PROXY.format(port=listen_port, upstream=upstream_port, location=loc)
+
+    def haproxy_conf(self, listen_port: int, upstream_port: int) -> str:
+        if self.kind == "tcp":
+            return HAPROXY_TCP.format(port=listen_port, upstream=upstream_port)
+        if self.kind == "direct":
+            body = "x" * (SMALL_BODY - 1)
+            backend = (f'    http-request return status 200 content-type text/plain '
+                       f'string "{body}\\n"\n')
+            return HAPROXY_HTTP.format(port=listen_port, backend=backend)
+        backend = (f"    retries 2\n    retry-on conn-failure empty-response 503\n"
+                   f"    http-reuse always\n"
+                   f"    server up 127.0.0.1:{upstream_port} maxconn 1000\n")
+        return HAPROXY_HTTP.format(port=listen_port, backend=backend)
+
+
+SCENARIOS = {s.name: s for s in (
+    Scenario("route", "HTTP/1.1 keep-alive, STATIC cluster, Istio retry policy", "/small",
+             SMALL_BODY, "http", 40000),
+    Scenario("direct", "direct_response, no upstream", "/small", SMALL_BODY, "direct", 60000),
+    Scenario("large", "64 KiB responses through a STATIC cluster", "/64k", LARGE_BODY,
+             "http", 25000),
+    Scenario("tcp", "tcp_proxy, 64 KiB HTTP responses carried as bytes", "/64k", LARGE_BODY,
+             "tcp", 40000),
+)}
+
+
+def _bootstrap(listener: dict, clusters: list) -> dict:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": [listener], "clusters": clusters},
+    }
+
+
+def _http_listener(routes: list) -> dict:
+    hcm = {"@type": _HCM, "stat_prefix": "bench",
+           "route_config": {"name": "bench", "virtual_hosts": [
+               {"name": "all", "domains": ["*"], "routes": routes}]},
+           "http_filters": [{"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": _ROUTER}}]}
+    return _listener({"name": "envoy.filters.network.http_connection_manager",
+                      "typed_config": hcm})
+
+
+def _tcp_listener() -> dict:
+    return _listener({"name": "envoy.filters.network.tcp_proxy",
+                      "typed_config": {"@type": _TCP, "stat_prefix": "bench",
+                                       "cluster": "upstream"}})
+
+
+def _listener(network_filter: dict) -> dict:
+    return {"name": "bench",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+            "filter_chains": [{"filters": [network_filter]}]}
+
+
+def _cluster(port: int) -> dict:
+    return {"name": "upstream", "type": "STATIC", "connect_timeout": "10s",
+            "lb_policy": "ROUND_ROBIN", "circuit_breakers": ISTIO_CIRCUIT_BREAKERS,
+            "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+# ---------------------------------------------------------------------- nginx and HAProxy
+
+# Shared by the upstream and nginx-as-proxy: one worker, no access log, connections that live
+# for the whole run (nginx's default keepalive_requests of 1000 would make every proxy reconnect
+# upstream every 1000 requests, which is noise, not the proxy's cost).
+_NGINX_HEAD = """daemon off;
+master_process on;
+user root;
+worker_processes 1;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 100000000;
+    keepalive_timeout 3600s;
+    client_body_temp_path @DIR@/tmp;
+    proxy_temp_path @DIR@/tmp;
+"""
+
+NGINX_PROXY = _NGINX_HEAD + """
+    upstream up {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 100000000; }}
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{ {location} }}
+    }}
+}}
+"""
+
+UPSTREAM_NGINX = _NGINX_HEAD + """
+    sendfile on;
+    open_file_cache max=16 inactive=3600s;
+    open_file_cache_valid 3600s;
+    etag off;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        root {root};
+        location / {{ default_type text/plain; }}
+    }}
+}}
+"""
+
+_HAPROXY_GLOBAL = """global
+    nbthread 1
+    maxconn 4000
+defaults
+    timeout connect 10s
+    timeout client 3600s
+    timeout server 3600s
+"""
+
+HAPROXY_HTTP = _HAPROXY_GLOBAL + """    mode http
+    option http-keep-alive
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend up
+backend up
+{backend}"""
+
+HAPROXY_TCP = _HAPROXY_GLOBAL + """    mode tcp
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend up
+backend up
+    server up 127.0.0.1:{upstream}
+"""
+
+
+def upstream_conf(port: int, root: str) -> str:
+    return UPSTREAM_NGINX.format(port=port, root=root)
+
+
+def write_upstream_files(root: str) -> None:
+    with open(f"{root}/small", "wb") as f:
+        f.write(b"y" * (SMALL_BODY - 1) + b"\n")
+    with open(f"{root}/64k", "wb") as f:
+        f.write(b"z" * (LARGE_BODY - 1) + b"\n")
