@@ -39,14 +39,15 @@ INVALID_PATH = Reply(400, b"", "", "path_normalization_failed")
 ABSOLUTE_PATH = Reply(404, b"", "", "absolute_path")
 INVALID_METHOD = Reply(400, b"", "", "invalid_method")
 OVERFLOW = Reply(503, b"upstream connect error or disconnect/reset before headers. "
-                      b"reset reason: overflow", "UO", "upstream_reset_before_response_started",
-                 overloaded=True)
+                      b"reset reason: overflow", "UO",
+                 "upstream_reset_before_response_started{overflow}", overloaded=True)
 MAINTENANCE = Reply(503, b"maintenance mode", "UMSDR", "maintenance_mode")
 
 
 def upstream_reset(reason: str, transport_detail: str = "", retried: bool = False) -> Reply:
-    """503 for an upstream that failed before response headers (Envoy's router
-    ``onUpstreamReset``): flag UF for connect failures, UC for terminations, UR otherwise."""
+    """The reply for an upstream that failed before response headers (Envoy's router
+    ``onUpstreamReset``): 502 with flag UPE for a protocol error (``Http::Code::BadGateway``),
+    else 503 with UF for connect failures, UC for terminations, UR otherwise."""
     lead = b"upstream connect error or disconnect/reset before headers. "
     lead += b"retried and the latest reset reason: " if retried else b"reset reason: "
     body = lead + reason.encode()
@@ -58,6 +59,8 @@ def upstream_reset(reason: str, transport_detail: str = "", retried: bool = Fals
         flag = "UC"
     elif reason == "overflow":
         flag = "UO"
+    elif reason == "protocol error":
+        return Reply(502, body, "UPE", "upstream_reset_before_response_started{protocol_error}")
     else:
         flag = "UR"
     return Reply(503, body, flag, "upstream_reset_before_response_started{" +

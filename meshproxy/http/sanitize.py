@@ -81,7 +81,8 @@ def sanitize(req, conn, cfg) -> bool:
     """Strip or set the internal-only headers; returns whether the request is internal."""
     internal = is_internal(req, conn, cfg)
     if internal:
-        req.set(_INTERNAL, b"true")
+        # Set again after x-forwarded-proto (mutate_request_headers), where Envoy puts it.
+        req.remove(_INTERNAL)
         return True
     strip = EXTERNAL_STRIP
     if cfg.use_remote_address:
@@ -127,6 +128,8 @@ def mutate_request_headers(req, conn, cfg):
                 req.set(_XRID, rid)
     elif xfp is None:
         req.headers.append((_XFP, req.scheme))
+    if internal:
+        req.headers.append((_INTERNAL, b"true"))
     if rid is None and cfg.generate_request_id:
         rid = new_request_id()
         req.headers.append((_XRID, rid))

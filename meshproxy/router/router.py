@@ -45,16 +45,6 @@ BUFFER_LIMIT_REPLY = local_reply.Reply(507, b"exceeded request buffer limit whil
                                                              "buffer_limit")
 
 
-def reset_reply(reason: str, detail: str = "", retried: bool = False) -> local_reply.Reply:
-    """The local reply for an upstream reset before response headers. Envoy answers a protocol
-    error with 502 (``Http::Code::BadGateway``) and flag UPE, everything else with 503.
-    TODO(owner of http/local_reply.py): fold the 502/UPE case into ``upstream_reset``."""
-    reply = local_reply.upstream_reset(reason, detail, retried)
-    if reason == PROTOCOL_ERROR:
-        reply = local_reply.Reply(502, reply.body, "UPE", reply.details)
-    return reply
-
-
 def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
 
@@ -343,7 +333,7 @@ class Router:
         if reason == OVERFLOW:
             reply = local_reply.OVERFLOW
         else:
-            reply = reset_reply(reason, detail, self.attempts > 1)
+            reply = local_reply.upstream_reset(reason, detail, self.attempts > 1)
         self.cluster.charge(reply.status, self.internal)
         upstream.host.stats.rq_error += 1
         self._local_reply(reply)

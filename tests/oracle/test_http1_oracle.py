@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.test_http1_cases import (CASES, _read, g, h1_bootstrap, normalise,
                                                 run_table, statuses, upstream_handler)
+from tests.support.client import exchange
 from tests.support.proxies import ProxyProcess, find_envoy
 from tests.support.upstream import Upstream
 
@@ -376,3 +377,22 @@ def test_drain_listeners_announces_close(proxies, table, scenarios, stats, timeo
     assert res["envoy"][0] is False and b"connection: close" in res["envoy"][1]
     assert res["httptools"] == res["envoy"]
     assert res["h11"] == res["envoy"]
+
+
+def test_reason_phrases_are_envoys(start_envoy, start_meshproxy_default):
+    """Every status a direct response can carry gets Envoy's reason phrase (not the RFC's:
+    Envoy says "Payload Too Large", "Unknown" for 418, ...)."""
+    from tests.support.proxies import bootstrap, hcm, listener
+    codes = list(range(200, 600))
+    routes = [{"match": {"path": f"/{c}"}, "direct_response": {"status": c}} for c in codes]
+    boot = bootstrap([listener("l", hcm(routes))])
+    lines = {}
+    for name, start in (("envoy", start_envoy), ("meshproxy", start_meshproxy_default)):
+        p = start(boot)
+        got = []
+        for c in codes:
+            d, _ = exchange(p.port("l"), f"GET /{c} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                            timeout=2, expect=1)
+            got.append(d.split(b"\r\n", 1)[0])
+        lines[name] = got
+    assert lines["meshproxy"] == lines["envoy"]

@@ -53,3 +53,20 @@ def test_upstream_sees_same_request(start_meshproxy, start_envoy, method, path, 
                           [n for n in r.header_names if n not in VOLATILE])
             p.stop()
     assert seen["meshproxy"] == seen["envoy"]
+
+
+@pytest.mark.parametrize("xff", ["10.1.2.3", "192.168.0.1", "10.1.2.3, 10.0.0.9"])
+def test_internal_address_config_keeps_control_headers(start_meshproxy_default, start_envoy, xff):
+    """With internal_address_config, a request whose single XFF address is internal keeps its
+    x-envoy-* control headers and gets x-envoy-internal: true (after x-forwarded-proto)."""
+    seen = {}
+    hdrs = [("x-forwarded-for", xff), ("x-envoy-retry-on", "5xx"), ("x-envoy-internal", "no")]
+    for name, start in (("envoy", start_envoy), ("meshproxy", start_meshproxy_default)):
+        with Upstream() as up:
+            boot = simple_proxy_bootstrap(up.port, hcm_extra={"internal_address_config": {
+                "cidr_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]}})
+            p = start(boot)
+            request(p.port("l"), "GET", "/", hdrs)
+            seen[name] = _normalise(up.wait_requests(1)[0])
+            p.stop()
+    assert seen["meshproxy"] == seen["envoy"]

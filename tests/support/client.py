@@ -29,7 +29,8 @@ class Response:
 
 
 def exchange(port: int, data: bytes, timeout: float = 2.0, host: str = "127.0.0.1",
-             until_close: bool = False, expect: int | None = None) -> tuple[bytes, bool]:
+             until_close: bool = False, expect: int | None = None,
+             head_request: bool = False) -> tuple[bytes, bool]:
     """Send ``data``; read until the peer closes, ``timeout`` passes, or ``expect`` complete
     responses have arrived. Returns (bytes, closed_by_peer)."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -51,7 +52,8 @@ def exchange(port: int, data: bytes, timeout: float = 2.0, host: str = "127.0.0.
             if not chunk:
                 return out, True
             out += chunk
-            if expect is not None and not until_close and len(parse_responses(out)) >= expect:
+            if expect is not None and not until_close and \
+                    len(parse_responses(out, head_request)) >= expect:
                 return out, False
         return out, False
     finally:
@@ -106,7 +108,8 @@ def request(port: int, method: str = "GET", path: str = "/", headers=None, body:
     if body and not any(n.lower() in ("content-length", "transfer-encoding") for n, _ in hdrs):
         hdrs.append(("Content-Length", str(len(body))))
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{n}: {v}\r\n" for n, v in hdrs) + "\r\n"
-    data, _ = exchange(port, head.encode() + body, timeout=timeout, expect=1)
+    data, _ = exchange(port, head.encode() + body, timeout=timeout, expect=1,
+                       head_request=(method == "HEAD"))
     rs = parse_responses(data, head_request=(method == "HEAD"))
     if not rs:
         raise AssertionError(f"no complete response: {data[:300]!r}")

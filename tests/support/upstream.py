@@ -205,7 +205,7 @@ class Upstream:
             time.sleep(reply.delay)
         if reply.raw is not None:
             c.sendall(reply.raw)
-            return not reply.close
+            return False if reply.close else self._reset(conn)
         headers = list(reply.headers)
         if isinstance(reply.body, list):
             headers.append(("transfer-encoding", "chunked"))
