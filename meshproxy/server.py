@@ -92,6 +92,7 @@ class ServerContext:
         self.healthcheck_failed = False
         self.shutdown_event = asyncio.Event()
         self.admin = None
+        self.global_stats = None
         self.inspector_stats = InspectorStats()
         self.store.register("", self.inspector_stats)
 
@@ -168,7 +169,7 @@ class Server:
         sstats = _server_stats(ctx)
         sstats.state = INITIALIZING
         ctx.state = INITIALIZING
-        gstats = _global_stats()
+        gstats = ctx.global_stats = _global_stats()
         store.register("server.", sstats)
         store.register("", gstats)
         store.add_source(lambda: _refresh_server_stats(ctx, sstats, gstats))

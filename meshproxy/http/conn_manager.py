@@ -193,6 +193,13 @@ class HttpConnectionManager:
         """A protocol error (or a response flood): answer it if possible, then close."""
         if exc.status:
             self.stats.downstream_cx_protocol_error += 1
+        g = self.ctx.global_stats
+        if g is not None:
+            # Envoy's codec-wide counters (http1.*)
+            if exc.details == "http1.response_flood":
+                g.http1__response_flood += 1
+            elif exc.details == "http1.unexpected_underscore":
+                g.http1__requests_rejected_with_underscores_in_headers += 1
         if not exc.status:
             # Flood: no reply; the responses already queued are flushed, then the
             # connection closes (the stream still open is reset at close).

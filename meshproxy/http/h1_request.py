@@ -104,6 +104,9 @@ class RequestHeadReader:
         elif self._underscores and b"_" in name:
             if self.limits.headers_with_underscores == "REJECT_REQUEST":
                 raise CodecError(400, "http1.unexpected_underscore")
+            g = getattr(getattr(self.callbacks, "ctx", None), "global_stats", None)
+            if g is not None:
+                g.http1__dropped_headers_with_underscores += 1
         else:
             self._headers.append((name, value))
 

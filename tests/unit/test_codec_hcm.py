@@ -50,6 +50,7 @@ class Conn:
         self.remote_address = ("10.0.0.9", 5555)
         self.read_disabled = 0
         self.closed = None
+        self.filter_chain = None
 
     def read_disable(self, disable):
         self.read_disabled += 1 if disable else -1
@@ -70,7 +71,8 @@ def make(request, monkeypatch):
         clock = FakeClock()
         cfg = config(**extra)
         conn = Conn()
-        ctx = types.SimpleNamespace(loop=clock, cluster_manager=None, draining=draining)
+        ctx = types.SimpleNamespace(loop=clock, cluster_manager=None, draining=draining,
+                                    global_stats=None)
         h = HttpConnectionManager(cfg, conn, ctx)
         return h, conn, clock, cfg.stats
     return make
