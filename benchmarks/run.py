@@ -110,7 +110,9 @@ def start_proxy(name, sc, upstream_port, a, workdir, seq):
         base_id = (os.getpid() % 5000) * 10 + seq
         kind = "envoy" if name == "envoy" else "meshproxy"
         v = a.variants.get(name, {})
-        source = procs.checkout(v["rev"], workdir) if "rev" in v else None
+        # An experiment command patches the same meshproxy that --meshproxy-rev selects.
+        rev = v.get("rev") or (a.meshproxy_rev if "command" in v else None)
+        source = procs.checkout(rev, workdir) if rev else None
         p = procs.start_envoy_like(kind, sc.envoy_bootstrap(upstream_port), a.proxy_cpus,
                                    base_id, workdir, command=v.get("command"), source=source)
         p.name = name
@@ -209,7 +211,9 @@ def environment(a) -> dict:
     except (OSError, StopIteration):
         pass
     envoy = procs.find_envoy()
-    rev = (f"at {a.meshproxy_rev}" if a.meshproxy_rev else
+    rev = (f"at {a.meshproxy_rev} = "
+           + first_line(["git", "-C", procs.REPO, "rev-parse", "--short", a.meshproxy_rev])
+           if a.meshproxy_rev else
            first_line(["git", "-C", procs.REPO, "describe", "--always", "--dirty"]) +
            " (working tree)")
     versions = (f"meshproxy {rev} on Python {platform.python_version()}; "
