@@ -192,6 +192,9 @@ class Server:
                 self._write_admin_address_path(ctx)
             await cm.initialize()
             await lm.start_all()
+            cm.own_addresses = lm.bound_addresses()
+            if ctx.admin is not None and isinstance(ctx.admin.bound_address, tuple):
+                cm.own_addresses.add(tuple(ctx.admin.bound_address[:2]))
         except (BindError, OSError) as exc:
             log.critical("error initializing configuration: %s", exc)
             return 1

@@ -216,6 +216,15 @@ class ListenerManager:
                 continue
             al.stop_accepting()
 
+    def bound_addresses(self) -> set:
+        """(ip, port) of every bound listener socket, as configured and as bound."""
+        out = set()
+        for al in self.listeners.values():
+            if al.sock is not None and not al.config.unix:
+                out.add(tuple(al.config.address))
+                out.add(tuple(al.sock.getsockname()[:2]))
+        return out
+
     def active_connections(self) -> int:
         return sum(len(al.connections) for al in self.listeners.values())
 

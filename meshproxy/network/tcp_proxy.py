@@ -170,7 +170,7 @@ class TcpProxy:
         stats = cluster.stats
         while not self.closing:
             self.attempts += 1
-            host = cluster.choose_host()
+            host = cluster.choose_host(self)
             if host is None:
                 stats.upstream_cx_none_healthy += 1
                 break

@@ -66,6 +66,11 @@ class ClusterConfig:
     lr_choice_count: int
     lr_active_request_bias: float
     proto: object = dataclasses.field(compare=False, repr=False)
+    # ORIGINAL_DST (original_dst_lb_config, cleanup_interval)
+    odst_use_http_header: bool = False
+    odst_http_header: bytes = b"x-envoy-original-dst-host"
+    odst_port_override: int = 0
+    cleanup_interval: float = 5.0
 
 
 def _thresholds(cb, path) -> tuple[Thresholds, Thresholds]:
@@ -237,6 +242,30 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         lr_choice_count=choice,
         lr_active_request_bias=bias,
         proto=c,
+        **_original_dst(c, ctype, path),
+    )
+
+
+def _original_dst(c, ctype, path) -> dict:
+    """ORIGINAL_DST settings (cluster.proto OriginalDstLbConfig; cleanup_interval 5 s)."""
+    if ctype != "ORIGINAL_DST":
+        if c.HasField("original_dst_lb_config"):
+            raise ConfigError(join(path, "original_dst_lb_config"),
+                              "original_dst_lb_config is only valid with type ORIGINAL_DST")
+        return {}
+    if c.HasField("load_assignment") and len(c.load_assignment.endpoints):
+        raise ConfigError(join(path, "load_assignment"),
+                          "ORIGINAL_DST clusters must have no load assignment configured")
+    o = c.original_dst_lb_config
+    port = wrapped(o, "upstream_port_override", 0)
+    if port > 65535:
+        raise ConfigError(join(path, "original_dst_lb_config.upstream_port_override"),
+                          "value must be less than or equal to 65535")
+    return dict(
+        odst_use_http_header=o.use_http_header,
+        odst_http_header=(o.http_header_name or "x-envoy-original-dst-host").lower().encode(),
+        odst_port_override=port,
+        cleanup_interval=duration(c, "cleanup_interval", 5.0) or 5.0,
     )
 
 

@@ -109,7 +109,7 @@ class UpstreamH1Connection(asyncio.Protocol):
                 s = self.stream
                 if s is not None and self.resp is not None:
                     s.on_upstream_data(body[0] if len(body) == 1 else b"".join(body), False)
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError:
             if self.stream is None and self.parser.get_status_code() == 101:
                 # llhttp pauses after a 101 head, which went on already; nothing more can be
                 # parsed on this connection.

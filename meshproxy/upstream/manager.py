@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from meshproxy.stats import stat_block
 from meshproxy.upstream.cluster import Cluster
@@ -21,21 +22,57 @@ ClusterManagerStats = stat_block(
 )
 
 
+_LOCAL_IPS: dict[str, bool] = {}
+
+
+def _is_local_ip(ip: str) -> bool:
+    """An address of this host (binding to it succeeds), cached."""
+    hit = _LOCAL_IPS.get(ip)
+    if hit is None:
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        try:
+            s.bind((ip, 0))
+            hit = True
+        except OSError:
+            hit = False
+        finally:
+            s.close()
+        if len(_LOCAL_IPS) < 4096:
+            _LOCAL_IPS[ip] = hit
+    return hit
+
+
 class ClusterManager:
     def __init__(self, loop, store):
         self.loop = loop
         self.store = store
         self.clusters: dict[str, Cluster] = {}
+        self.own_addresses: set = set()
         self.stats = ClusterManagerStats()
         self.stats.mark_used("active_clusters", "warming_clusters")
         store.register("cluster_manager.", self.stats)
+
+    def is_own_address(self, addr) -> bool:
+        """Whether ``addr`` is one of this proxy's listening sockets (``own_addresses`` is set
+        by the server once they are bound): an ORIGINAL_DST connection there would loop."""
+        if addr in self.own_addresses:
+            return True
+        ip, port = addr
+        wildcard = ("::", port) if ":" in ip else ("0.0.0.0", port)
+        return wildcard in self.own_addresses and _is_local_ip(ip)
 
     def _pool_factory(self, host, cluster):
         return H1Pool(host, cluster, self.loop)
 
     def add(self, config, added_via_api: bool = False) -> Cluster:
         old = self.clusters.get(config.name)
-        cluster = Cluster(config, self.loop, self._pool_factory)
+        if config.type == "ORIGINAL_DST":
+            from meshproxy.upstream.original_dst import OriginalDstCluster
+            cluster = OriginalDstCluster(config, self.loop, self._pool_factory,
+                                         is_own_address=self.is_own_address)
+        else:
+            cluster = Cluster(config, self.loop, self._pool_factory)
         cluster.added_via_api = added_via_api
         if old is not None:
             self.remove(config.name, modified=True)

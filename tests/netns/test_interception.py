@@ -1,0 +1,306 @@
+"""meshproxy as a sidecar behind real iptables rules, in namespaces the test creates (root).
+
+The pod namespace gets the sidecar's capture rules from meshproxy-iptables, and meshproxy runs
+there with a sidecar-shaped static bootstrap (the listeners and clusters istiod would send:
+virtualOutbound 15001, virtualInbound 15006, a service listener on 0.0.0.0:80 that is not bound
+to a port, a TCP service on its VIP, PassthroughCluster / InboundPassthroughCluster / BlackHole).
+An application runs as uid 1000; servers in the peer namespace stand for the rest of the mesh.
+
+meshproxy runs as root with the capture rules exempting uid 0 ("-u 0"): the test interpreter
+lives under /root (mode 700), which uid 1337 cannot read. The owner exemption is the same rule
+either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from tests.netns import Pod, Server, require_root_tools, unprivileged_python
+
+# HTTP/1.1 server: answers "<port> <method> <host> <path> from=<peer ip>" (and closes).
+HTTP = r"""
+import socket, sys, threading
+ports = [int(p) for p in sys.argv[1].split(",")]
+def serve(s, port):
+    while True:
+        c, peer = s.accept()
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = c.recv(4096)
+            if not d:
+                break
+            data += d
+        lines = data.decode("latin-1").split("\r\n")
+        method, path = lines[0].split(" ")[:2]
+        host = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("host:")), "")
+        body = ("%d %s %s %s from=%s" % (port, method, host, path, peer[0])).encode()
+        c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
+        c.close()
+for port in ports:
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("0.0.0.0", port)); s.listen(64)
+    threading.Thread(target=serve, args=(s, port), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+# TCP echo that also reports who connected, once, at the start.
+ECHO = r"""
+import socket, sys, threading
+def serve(c, peer):
+    c.sendall(("hello from=%s\n" % peer[0]).encode())
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+print("ready", flush=True)
+while True:
+    c, peer = s.accept()
+    threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+"""
+
+# A TCP client that sends N random bytes and checks the echo byte for byte.
+TCP_CLIENT = r"""
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+hello = b""
+while not hello.endswith(b"\n"):
+    b = s.recv(1)
+    if not b:
+        print("closed-before-hello")
+        sys.exit(0)
+    hello += b
+payload = os.urandom(int(sys.argv[3]))
+s.sendall(payload)
+s.shutdown(socket.SHUT_WR)
+back = b""
+while True:
+    d = s.recv(65536)
+    if not d:
+        break
+    back += d
+print(hello.decode().strip(), "echo-ok" if back == payload else "echo-BAD %d/%d" % (len(back), len(payload)))
+"""
+
+CAPTURE = ["-p", "15001", "-z", "15006", "-u", "0", "-i", "*", "-x", "", "-b", "*",
+           "-d", "15090,15021,15020"]
+
+TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
+HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+       "HttpConnectionManager")
+ORIGINAL_DST_FILTER = {"name": "envoy.filters.listener.original_dst", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}
+
+
+def _tcp(cluster, prefix, match=None):
+    fc = {"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                       "typed_config": {"@type": TCP_PROXY, "stat_prefix": prefix,
+                                        "cluster": cluster}}]}
+    if match:
+        fc["filter_chain_match"] = match
+    return fc
+
+
+def _static(name, ip, port):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": ip,
+                                                             "port_value": port}}}}]}]}}
+
+
+def sidecar_bootstrap(peer_ip: str, tproxy: bool) -> dict:
+    sa = lambda ip, port: {"socket_address": {"address": ip, "port_value": port}}  # noqa: E731
+    http_routes = {"name": "80", "virtual_hosts": [
+        {"name": "svc.mesh:80", "domains": ["svc.mesh", "svc.mesh:80", "10.96.0.10",
+                                             "10.96.0.10:80"],
+         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|80||svc.mesh"}}]},
+        {"name": "allow_any", "domains": ["*"],
+         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]}]}
+    inbound = {"name": "virtualInbound", "address": sa("0.0.0.0", 15006),
+               "listener_filters": [ORIGINAL_DST_FILTER], "traffic_direction": "INBOUND",
+               "filter_chains": [_tcp("BlackHoleCluster", "BlackHoleCluster",
+                                      {"destination_port": 15006}),
+                                 _tcp("InboundPassthroughCluster", "InboundPassthroughCluster")]}
+    if tproxy:
+        inbound["transparent"] = True
+    inbound_cluster = {"name": "InboundPassthroughCluster", "type": "ORIGINAL_DST",
+                       "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
+                       "upstream_bind_config": {"source_address": {"address": "127.0.0.6",
+                                                                   "port_value": 0}}}
+    return {
+        "admin": {"address": sa("127.0.0.1", 15000)},
+        "static_resources": {
+            "listeners": [
+                {"name": "virtualOutbound", "address": sa("0.0.0.0", 15001),
+                 "use_original_dst": True, "listener_filters": [ORIGINAL_DST_FILTER],
+                 "traffic_direction": "OUTBOUND",
+                 "filter_chains": [_tcp("BlackHoleCluster", "BlackHoleCluster",
+                                        {"destination_port": 15001}),
+                                   _tcp("PassthroughCluster", "PassthroughCluster")]},
+                {"name": "0.0.0.0_80", "address": sa("0.0.0.0", 80), "bind_to_port": False,
+                 "traffic_direction": "OUTBOUND",
+                 "filter_chains": [{"filters": [{
+                     "name": "envoy.filters.network.http_connection_manager",
+                     "typed_config": {"@type": HCM, "stat_prefix": "outbound_0.0.0.0_80",
+                                      "route_config": http_routes}}]}]},
+                {"name": "10.96.0.20_9000", "address": sa("10.96.0.20", 9000),
+                 "bind_to_port": False, "traffic_direction": "OUTBOUND",
+                 "filter_chains": [_tcp("outbound|9000||tcp.mesh", "outbound|9000||tcp.mesh")]},
+                inbound,
+            ],
+            "clusters": [
+                {"name": "PassthroughCluster", "type": "ORIGINAL_DST",
+                 "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s"},
+                {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "1s"},
+                inbound_cluster,
+                _static("outbound|80||svc.mesh", peer_ip, 8080),
+                _static("outbound|9000||tcp.mesh", peer_ip, 9000),
+            ],
+        },
+    }
+
+
+class Mesh:
+    """A pod with capture rules, meshproxy, an app, and servers in the peer namespace."""
+
+    def __init__(self, tproxy: bool = False):
+        self.pod = Pod()
+        self.servers = []
+        self.proxy = None
+        self.dir = tempfile.mkdtemp(prefix="mp-netns-")
+        try:
+            self.pod.tool(*CAPTURE, "-m", "TPROXY" if tproxy else "REDIRECT")
+            peer = self.pod.peer
+            self.servers.append(Server(peer, HTTP, "8080,8081"))
+            self.servers.append(Server(peer, ECHO, "9000"))
+            self.servers.append(Server(self.pod.name, HTTP, "7070,15021"))
+            boot = os.path.join(self.dir, "bootstrap.json")
+            with open(boot, "w") as f:
+                json.dump(sidecar_bootstrap(self.pod.peer_ip, tproxy), f)
+            self.log = open(os.path.join(self.dir, "meshproxy.log"), "wb")
+            self.proxy = subprocess.Popen(
+                ["ip", "netns", "exec", self.pod.name, sys.executable, "-m", "meshproxy",
+                 "-c", boot, "-l", "warning"], stdout=self.log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if self.proxy.poll() is not None:
+                    raise AssertionError(f"meshproxy exited: {self.proxy_log()}")
+                if self.admin("/ready") == "LIVE":
+                    break
+                time.sleep(0.05)
+            else:
+                raise AssertionError(f"meshproxy not ready: {self.proxy_log()}")
+        except BaseException:
+            self.close()
+            raise
+
+    def proxy_log(self) -> str:
+        with open(os.path.join(self.dir, "meshproxy.log"), "rb") as f:
+            return f.read().decode(errors="replace")[-3000:]
+
+    def admin(self, path: str) -> str:
+        r = self.pod.exec("curl", "-s", "-m", "2", f"http://127.0.0.1:15000{path}", check=False)
+        return r.stdout.strip()
+
+    def stats(self) -> dict:
+        out = {}
+        for line in self.admin("/stats").splitlines():
+            name, _, value = line.partition(": ")
+            if value.isdigit():
+                out[name] = int(value)
+        return out
+
+    def app(self, *argv: str, uid: int = 1000) -> str:
+        r = self.pod.exec("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                          *argv, check=False)
+        return (r.stdout + r.stderr).strip()
+
+    def curl(self, url: str, *extra: str) -> str:
+        return self.app("curl", "-s", "-m", "5", *extra, url)
+
+    def from_peer(self, *argv: str) -> str:
+        r = self.pod.exec(*argv, ns=self.pod.peer, check=False)
+        return (r.stdout + r.stderr).strip()
+
+    def close(self) -> None:
+        if self.proxy is not None and self.proxy.poll() is None:
+            self.proxy.terminate()
+            try:
+                self.proxy.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proxy.kill()
+        for s in self.servers:
+            s.stop()
+        self.pod.close()
+
+
+@pytest.fixture(scope="module", params=["REDIRECT", "TPROXY"])
+def mesh(request):
+    require_root_tools("iptables", "iptables-save", "iptables-restore", "setpriv", "curl")
+    unprivileged_python()
+    m = Mesh(tproxy=request.param == "TPROXY")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def test_service_vip_that_exists_nowhere_is_routed_to_an_endpoint(mesh):
+    # 10.96.0.10 is no address anywhere: only interception + routing can answer.
+    out = mesh.curl("http://10.96.0.10/hello", "-H", "Host: svc.mesh")
+    assert out.startswith("8080 GET svc.mesh /hello from="), out
+    assert mesh.stats()["cluster.outbound|80||svc.mesh.upstream_rq_200"] >= 1
+
+
+def test_unknown_destination_passes_through_to_the_real_server(mesh):
+    peer = mesh.pod.peer_ip
+    out = mesh.curl(f"http://{peer}:8081/x")
+    assert out.startswith(f"8081 GET {peer}:8081 /x from={mesh.pod.pod_ip}"), out
+    assert mesh.stats()["cluster.PassthroughCluster.upstream_cx_total"] >= 1
+
+
+def test_tcp_service_is_proxied_byte_for_byte(mesh):
+    out = mesh.app(unprivileged_python(), "-c", TCP_CLIENT, "10.96.0.20", "9000", "200000")
+    assert out == f"hello from={mesh.pod.pod_ip} echo-ok", out
+    assert mesh.stats()["tcp.outbound|9000||tcp.mesh.downstream_cx_total"] >= 1
+
+
+def test_inbound_reaches_the_app_through_15006_from_127_0_0_6(mesh):
+    ip = mesh.pod.pod_ip
+    before = mesh.stats().get("cluster.InboundPassthroughCluster.upstream_cx_total", 0)
+    out = mesh.from_peer("curl", "-s", "-m", "5", f"http://{ip}:7070/in")
+    assert out == f"7070 GET {ip}:7070 /in from=127.0.0.6", out
+    assert mesh.stats()["cluster.InboundPassthroughCluster.upstream_cx_total"] == before + 1
+
+
+def test_excluded_inbound_port_is_not_captured(mesh):
+    ip = mesh.pod.pod_ip
+    out = mesh.from_peer("curl", "-s", "-m", "5", f"http://{ip}:15021/ready")
+    assert out == f"15021 GET {ip}:15021 /ready from={mesh.pod.peer_ip}", out
+
+
+def test_connection_to_the_capture_port_itself_does_not_loop(mesh):
+    # Addressed to 15001 directly: the blackhole chain takes it and it is closed, once.
+    out = mesh.app(unprivileged_python(), "-c", TCP_CLIENT, "127.0.0.1", "15001", "10")
+    assert "echo-ok" not in out
+    st = mesh.stats()
+    assert st.get("cluster.BlackHoleCluster.upstream_cx_none_healthy", 0) >= 1
+
+
+def test_virtual_listeners_in_admin(mesh):
+    listeners = mesh.admin("/listeners")
+    for name in ("virtualOutbound::0.0.0.0:15001", "0.0.0.0_80::0.0.0.0:80",
+                 "virtualInbound::0.0.0.0:15006"):
+        assert name in listeners
+    assert mesh.stats()["listener.0.0.0.0_15001.downstream_cx_total"] >= 0
