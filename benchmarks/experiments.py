@@ -14,6 +14,8 @@ Patches (comma-separated first argument; everything after ``--`` goes to meshpro
   against Envoy's 2). Prototype only: a real fix must also flush a held head at the end of the
   upstream read that produced it (Envoy flushes its write buffer once per dispatch), or a
   slow body would delay the head.
+- ``deferflush``: downstream writes buffered per connection and flushed once per loop
+  iteration, as Envoy flushes its write buffers (see the function).
 - ``gcfreeze``: ``gc.freeze()`` once listeners are up, so collections stop rescanning the
   start-up heap (protobuf descriptors, config), and a higher generation-0 threshold.
 - ``nogc``: ``gc.disable()`` after start-up: the upper bound of what collector tuning can save
@@ -68,6 +70,94 @@ def _coalesce() -> None:
 
     base.encode_headers, base.encode_data, base.encode_trailers = (encode_headers, encode_data,
                                                                    encode_trailers)
+
+
+def _deferflush() -> None:
+    """Envoy-style write batching: writes made while the loop dispatches I/O go to a
+    per-transport buffer; one callback per loop iteration (``call_soon`` runs after the
+    iteration's I/O callbacks) writes each buffer with one ``transport.write``. Saves the
+    head/body split and, across cores, wakes the peer once per batch instead of once per
+    message. Covers downstream responses and upstream requests. Prototype: flushes before a
+    close; not for production as is."""
+    from meshproxy.http import conn_manager
+    from meshproxy.upstream import h1_connection
+
+    pending: dict = {}
+    scheduled = [False]
+    loop = []
+
+    def flush():
+        scheduled[0] = False
+        items = list(pending.items())
+        pending.clear()
+        for t, bufs in items:
+            if not t.is_closing():
+                t.write(bufs[0] if len(bufs) == 1 else b"".join(bufs))
+
+    def queue(t, data):
+        bufs = pending.get(t)
+        if bufs is not None:
+            bufs.append(data)
+            return
+        pending[t] = [data]
+        if not scheduled[0]:
+            scheduled[0] = True
+            if not loop:
+                import asyncio
+                loop.append(asyncio.get_running_loop())
+            loop[0].call_soon(flush)
+
+    def flush_one(t):
+        bufs = pending.pop(t, None)
+        if bufs and not t.is_closing():
+            t.write(b"".join(bufs))
+
+    hcm_class = conn_manager.HttpConnectionManager
+
+    def _write(self, data):
+        self.stats.downstream_cx_tx_bytes_total += len(data)
+        queue(self.conn.transport, data)
+
+    orig_close = hcm_class.close
+
+    def close(self, *args, **kw):
+        if self.conn.transport is not None:
+            flush_one(self.conn.transport)
+        return orig_close(self, *args, **kw)
+
+    hcm_class._write, hcm_class.close = _write, close
+
+    class _Deferred:
+        __slots__ = ("real",)
+
+        def __init__(self, real):
+            self.real = real
+
+        def write(self, data):
+            queue(self.real, data)
+
+    up_class = h1_connection.UpstreamH1Connection
+
+    def deferring(fn):
+        def wrapper(self, *args):
+            real = self.transport
+            self.transport = _Deferred(real)
+            try:
+                return fn(self, *args)
+            finally:
+                self.transport = real
+        return wrapper
+
+    orig_up_close = up_class.close
+
+    def up_close(self, *args, **kw):
+        if self.transport is not None:
+            flush_one(self.transport)
+        return orig_up_close(self, *args, **kw)
+
+    up_class.send_headers = deferring(up_class.send_headers)
+    up_class.send_data = deferring(up_class.send_data)
+    up_class.close = up_close
 
 
 def _after_start(fn) -> None:
@@ -147,8 +237,8 @@ def _gccycles() -> None:
     atexit.register(report)
 
 
-PATCHES = {"coalesce": _coalesce, "gcfreeze": _gcfreeze, "nogc": _nogc, "gcstats": _gcstats,
-           "gccycles": _gccycles}
+PATCHES = {"coalesce": _coalesce, "deferflush": _deferflush, "gcfreeze": _gcfreeze,
+           "nogc": _nogc, "gcstats": _gcstats, "gccycles": _gccycles}
 
 
 def main() -> int:
