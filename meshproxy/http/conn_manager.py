@@ -155,7 +155,7 @@ class HttpConnectionManager:
 
     def _write(self, data: bytes) -> None:
         self.stats.downstream_cx_tx_bytes_total += len(data)
-        self.conn.transport.write(data)
+        self.conn.out.write(data)
 
     # ---------------------------------------------------------------- stream lifecycle
 

@@ -22,6 +22,7 @@ import socket
 import struct
 
 from meshproxy.listener import inspectors
+from meshproxy.network.batch import BatchedWriter, batch_for
 from meshproxy.listener.chain_match import conn_info
 from meshproxy.listener.listener_filters import HTTP_INSPECTOR, TLS_INSPECTOR
 from meshproxy.network.original_dst import original_dst
@@ -46,7 +47,7 @@ class DownstreamConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "filter", "remote_address", "local_address",
                  "read_disabled", "closed", "close_reason", "write_paused", "id", "pending",
                  "inspect", "server_name", "transport_protocol", "alpn", "inspect_timer",
-                 "filter_chain")
+                 "filter_chain", "out")
 
     _next_id = 0
 
@@ -67,6 +68,7 @@ class DownstreamConnection(asyncio.Protocol):
         self.transport_protocol = ""
         self.alpn = ()
         self.inspect_timer = None
+        self.out = None
         DownstreamConnection._next_id += 1
         self.id = DownstreamConnection._next_id
 
@@ -74,6 +76,7 @@ class DownstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.out = BatchedWriter(transport, batch_for(self.listener.ctx.loop))
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         listener = self.listener
@@ -243,7 +246,7 @@ class DownstreamConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- filter API
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        self.out.write(data)
 
     def read_disable(self, disable: bool) -> None:
         if disable:
@@ -267,8 +270,10 @@ class DownstreamConnection(asyncio.Protocol):
         if t is None:
             return
         if flush:
+            self.out.flush()
             t.close()
         else:
+            self.out.discard()
             t.abort()
 
     def reset(self) -> None:
@@ -277,12 +282,14 @@ class DownstreamConnection(asyncio.Protocol):
             return
         if self.close_reason is None:
             self.close_reason = "local"
+        self.out.discard()
         reset_transport(self.transport)
 
     def half_close(self) -> None:
         """Send FIN after pending writes (TCP half-close, for tcp_proxy)."""
         t = self.transport
         if t is not None and not self.closed and t.can_write_eof():
+            self.out.flush()
             t.write_eof()
 
     def __repr__(self):

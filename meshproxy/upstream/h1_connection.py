@@ -27,6 +27,7 @@ import httptools
 from meshproxy.http.h1_common import (CHUNK_END, ConnectionHeaderState, chunk,
                                       encode_request_head)
 from meshproxy.http.headers import ResponseHeaders
+from meshproxy.network.batch import BatchedWriter, batch_for
 
 _SPECIAL = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                       b"upgrade", b"content-length"))
@@ -51,12 +52,13 @@ class UpstreamH1Connection(asyncio.Protocol):
                  "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
                  "draining", "connected", "active_on_close", "body", "duration_handle",
-                 "head_size", "head_count", "limits")
+                 "head_size", "head_count", "limits", "out")
 
     def __init__(self, pool):
         self.pool = pool
         self.stats = pool.cluster.stats
         self.transport = None
+        self.out = None
         self.stream = None
         self.parser = _parser(self)
         self.requests = 0
@@ -87,6 +89,7 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.out = BatchedWriter(transport, batch_for(self.pool.loop))
         limit = self.pool.cluster.config.buffer_limit
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
@@ -173,7 +176,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.chunked_request = chunked
         data = encode_request_head(req, chunked, end_stream)
         self.stats.upstream_cx_tx_bytes_total += len(data)
-        self.transport.write(data)
+        self.out.write(data)
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.chunked_request:
@@ -185,7 +188,7 @@ class UpstreamH1Connection(asyncio.Protocol):
             out = data
         if out:
             self.stats.upstream_cx_tx_bytes_total += len(out)
-            self.transport.write(out)
+            self.out.write(out)
         if end_stream:
             self.request_done = True
 
@@ -212,6 +215,7 @@ class UpstreamH1Connection(asyncio.Protocol):
         if not self.closed:
             self.local_close = True
             if self.transport is not None:
+                self.out.flush()   # as if written at once: the close comes after it
                 self.transport.close()
 
     # ---------------------------------------------------------------- llhttp callbacks

@@ -47,6 +47,7 @@ class Conn:
     def __init__(self):
         self.listener = types.SimpleNamespace(config=types.SimpleNamespace(buffer_limit=1 << 20))
         self.transport = Transport()
+        self.out = self.transport      # the batched writer: here writes land at once
         self.remote_address = ("10.0.0.9", 5555)
         self.read_disabled = 0
         self.closed = None
