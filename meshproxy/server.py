@@ -144,6 +144,16 @@ def _refresh_server_stats(ctx, st, g):
     return ()
 
 
+def _settle_heap() -> None:
+    """Move everything built at start-up (protobuf descriptors, translated config) out of the
+    cycle collector's sight, and collect young objects less often: per-request objects are
+    freed by reference counting, and a full collection over the start-up heap cost ~15 ms."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
+
+
 def _rss_bytes() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -199,6 +209,7 @@ class Server:
             log.critical("error initializing configuration: %s", exc)
             return 1
         ctx.state = LIVE
+        _settle_heap()
         log.info("starting main dispatch loop")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_shutdown, sig.name)
