@@ -44,14 +44,21 @@ class HeaderList:
     def set(self, name: bytes, value: bytes) -> None:
         """Replace every ``name`` header by one with ``value`` (at the first one's position)."""
         h = self.headers
-        for i, (n, _) in enumerate(h):
+        at = -1
+        i = 0
+        for n, _ in h:
             if n == name:
-                h[i] = (name, value)
-                rest = [p for p in h[i + 1:] if p[0] != name]
-                del h[i + 1:]
-                h.extend(rest)
-                return
-        h.append((name, value))
+                if at >= 0:
+                    # A repeated header (rare): keep the first position, drop the others.
+                    h[at] = (name, value)
+                    h[at + 1:] = [p for p in h[at + 1:] if p[0] != name]
+                    return
+                at = i
+            i += 1
+        if at >= 0:
+            h[at] = (name, value)
+        else:
+            h.append((name, value))
 
     def set_if_absent(self, name: bytes, value: bytes) -> None:
         for n, _ in self.headers:

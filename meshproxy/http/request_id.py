@@ -17,5 +17,5 @@ _VARIANT_RFC4122 = 0x8000 << 48
 
 def new_request_id() -> bytes:
     r = (_getrandbits(128) & _VERSION_MASK & _VARIANT_MASK) | _VERSION_4 | _VARIANT_RFC4122
-    h = b"%032x" % r
-    return b"%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+    h = r.to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()

@@ -16,6 +16,7 @@ import time
 from meshproxy.http import local_reply
 from meshproxy.http.sanitize import mutate_request_headers
 from meshproxy.router.route_table import ADMIN, DIRECT_RESPONSE, REDIRECT, ROUTE
+from meshproxy.router.router import Router
 
 _XRID = b"x-request-id"
 _DATE_CACHE = [0, b""]
@@ -27,6 +28,40 @@ def date_value() -> bytes:
         _DATE_CACHE[0] = now
         _DATE_CACHE[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
     return _DATE_CACHE[1]
+
+
+def _set_date_server(resp, transform: str, server: bytes) -> None:
+    """``date`` always overwritten; ``server`` per server_header_transformation. Each replaces
+    an upstream header in place, as Envoy's header map does."""
+    h = resp.headers
+    d = s = -1
+    dup = False
+    i = 0
+    for n, _ in h:
+        if n == b"date":
+            dup = dup or d >= 0
+            d = i
+        elif n == b"server":
+            dup = dup or s >= 0
+            s = i
+        i += 1
+    date = date_value()
+    if dup:
+        resp.set(b"date", date)
+        if transform == "OVERWRITE":
+            resp.set(b"server", server)
+        return
+    if d >= 0:
+        h[d] = (b"date", date)
+    else:
+        h.append((b"date", date))
+    if transform == "OVERWRITE":
+        if s >= 0:
+            h[s] = (b"server", server)
+        else:
+            h.append((b"server", server))
+    elif transform == "APPEND_IF_ABSENT" and s < 0:
+        h.append((b"server", server))
 
 
 class ActiveStream:
@@ -140,7 +175,6 @@ class ActiveStream:
         self.route = route
         kind = route.kind
         if kind == ROUTE:
-            from meshproxy.router.router import Router
             self.router = Router(self, route)
             self.router.decode_headers(req, end_stream)
         elif kind == DIRECT_RESPONSE:
@@ -253,14 +287,9 @@ class ActiveStream:
         self.response_status = resp.status
         if self.idle_deadline is not None:
             self.idle_deadline = hcm.loop.time() + cfg.stream_idle_timeout
+        # date and server (ConnectionManagerUtility::mutateResponseHeaders), in one pass
+        _set_date_server(resp, cfg.server_transform, cfg.server_name)
         h = resp.headers
-        # date and server (ConnectionManagerUtility::mutateResponseHeaders)
-        resp.set(b"date", date_value())
-        st = cfg.server_transform
-        if st == "OVERWRITE":
-            resp.set(b"server", cfg.server_name)
-        elif st == "APPEND_IF_ABSENT":
-            resp.set_if_absent(b"server", cfg.server_name)
         if cfg.always_set_request_id_in_response and self.request_id is not None:
             resp.set(_XRID, self.request_id)
         if cfg.via is not None:

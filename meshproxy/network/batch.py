@@ -1,25 +1,26 @@
-"""Write batching: what a connection writes while the loop dispatches I/O goes out as one
-``transport.write`` per loop iteration, as Envoy buffers writes and flushes them once per
-dispatch.
+"""Write batching: what a connection writes while it handles one read goes out as one
+``transport.write``, as Envoy buffers writes and flushes them once per dispatch.
 
 Without it an HTTP/1 response head and body are two syscalls, and each wakes the peer: the
 benchmarks measured a third of meshproxy's per-request CPU in ``write`` (benchmarks/README.md).
-One ``call_soon`` per loop iteration flushes every connection that wrote in it. Closing a
-connection flushes first; aborting or resetting discards what is queued.
+Reads run inside ``dispatching()`` and flush when it ends; writes made anywhere else (timers,
+a connect completing) are flushed by one ``call_soon`` per loop iteration. Closing a connection
+flushes first; aborting or resetting discards what is queued.
 """
 
 from __future__ import annotations
 
 
 class WriteBatch:
-    """The loop's list of writers with queued bytes."""
+    """The loop's list of writers with queued bytes. ``depth`` > 0 while a read is handled."""
 
-    __slots__ = ("loop", "pending", "scheduled")
+    __slots__ = ("loop", "pending", "scheduled", "depth")
 
     def __init__(self, loop):
         self.loop = loop
         self.pending: list = []
         self.scheduled = False
+        self.depth = 0
 
     def flush_all(self) -> None:
         self.scheduled = False
@@ -57,7 +58,7 @@ class BatchedWriter:
         self.buf = [data]
         b = self.batch
         b.pending.append(self)
-        if not b.scheduled:
+        if not b.depth and not b.scheduled:
             b.scheduled = True
             b.loop.call_soon(b.flush_all)
 

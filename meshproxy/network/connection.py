@@ -198,12 +198,19 @@ class DownstreamConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- transport callbacks
 
     def data_received(self, data):
-        f = self.filter
-        if f is not None:
-            f.on_data(data, False)
-        elif self.inspect:
-            self.pending += data
-            self._run_inspectors()
+        b = self.out.batch
+        b.depth += 1
+        try:
+            f = self.filter
+            if f is not None:
+                f.on_data(data, False)
+            elif self.inspect:
+                self.pending += data
+                self._run_inspectors()
+        finally:
+            b.depth -= 1
+            if not b.depth and b.pending:
+                b.flush_all()
 
     def eof_received(self):
         f = self.filter

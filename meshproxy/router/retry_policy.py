@@ -23,11 +23,16 @@ class RetryPolicy:
     __slots__ = ("retry_on", "num_retries", "per_try_timeout", "per_try_idle_timeout",
                  "retriable_status_codes", "retriable_headers", "retriable_request_headers",
                  "base_interval", "max_interval", "host_predicates",
-                 "host_selection_retry_max_attempts", "retry_priority")
+                 "host_selection_retry_max_attempts", "retry_priority",
+                 # derived once here, read by every request's RetryState
+                 "base_ms", "max_ms", "previous_hosts")
 
     def __init__(self, **kw):
         for name in self.__slots__:
             setattr(self, name, kw.get(name))
+        self.base_ms = int(self.base_interval * 1000)
+        self.max_ms = int(self.max_interval * 1000)
+        self.previous_hosts = any(p.endswith("previous_hosts") for p in self.host_predicates)
 
     def __repr__(self):
         return f"<RetryPolicy {','.join(sorted(self.retry_on))} x{self.num_retries}>"

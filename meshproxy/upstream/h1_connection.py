@@ -102,6 +102,8 @@ class UpstreamH1Connection(asyncio.Protocol):
             self.close()
             return
         self.rx_started = True
+        b = self.out.batch
+        b.depth += 1
         try:
             self.parser.feed_data(data)
             body = self.body
@@ -119,6 +121,10 @@ class UpstreamH1Connection(asyncio.Protocol):
                 self.close()
             else:
                 self._protocol_error()
+        finally:
+            b.depth -= 1
+            if not b.depth and b.pending:
+                b.flush_all()
 
     def _protocol_error(self) -> None:
         self.stats.upstream_cx_protocol_error += 1

@@ -45,12 +45,10 @@ class RetryState:
             retry_on = policy.retry_on
             n = policy.num_retries
             self.codes = policy.retriable_status_codes
-            self.base_ms = int(policy.base_interval * 1000)
-            self.max_ms = int(policy.max_interval * 1000)
+            self.base_ms = policy.base_ms
+            self.max_ms = policy.max_ms
             self.per_try_timeout = policy.per_try_timeout
-            preds = policy.host_predicates
-            self.previous_hosts = bool(preds) and any(p.endswith("previous_hosts")
-                                                      for p in preds)
+            self.previous_hosts = policy.previous_hosts
             self.max_host_attempts = policy.host_selection_retry_max_attempts
         else:
             retry_on = frozenset()
