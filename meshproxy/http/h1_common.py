@@ -1,4 +1,4 @@
-"""HTTP/1.1 pieces shared by both parser backends: connection-header handling and serialising.
+"""HTTP/1.1 serialising shared by the server codecs and the upstream connection.
 
 Serialisation follows Envoy's HTTP/1 encoder (``codec_impl.cc`` ``encodeHeadersBase``): names
 are written lower-case as stored, ``host`` comes first on requests (it is ``:authority``), and
@@ -90,71 +90,3 @@ def encode_request_head(req, chunked: bool, end_stream: bool) -> bytes:
         line += b"host: %s\r\n" % req.authority
     return line + b"".join(head) + CRLF
 
-
-class ConnectionHeaderState:
-    """Collects the hop-by-hop and framing headers of one message while it is parsed.
-
-    ``take(name, value)`` is called for the headers in ``SPECIAL`` and says whether the header
-    stays in the forwarded list. ``apply`` then sets framing fields on the message and removes
-    headers nominated by ``Connection`` (RFC 9110 §7.6.1).
-    """
-
-    __slots__ = ("tokens", "te_chunked", "te_bad", "upgrade", "content_length", "expect_continue",
-                 "cl_count")
-
-    def __init__(self):
-        self.tokens = None
-        self.te_chunked = False
-        self.te_bad = False
-        self.upgrade = None
-        self.content_length = -1
-        self.expect_continue = False
-        self.cl_count = 0
-
-    def take(self, name: bytes, value: bytes):
-        """False: drop the header; True: keep it; bytes: keep it with this value."""
-        if name == b"content-length":
-            self.cl_count += 1
-            try:
-                self.content_length = int(value)
-            except ValueError:
-                self.content_length = -2
-            return True
-        if name == b"connection":
-            toks = [t.strip().lower() for t in value.split(b",")]
-            self.tokens = toks if self.tokens is None else self.tokens + toks
-            return False
-        if name == b"transfer-encoding":
-            if value.strip().lower() == b"chunked":
-                self.te_chunked = True
-            else:
-                self.te_bad = True
-            return False
-        if name == b"te":
-            # Only "trailers" may travel on (RFC 9110 §10.1.4; Envoy keeps just that token).
-            return b"trailers" if b"trailers" in value.lower() else False
-        if name == b"expect":
-            if value.strip().lower() == b"100-continue":
-                self.expect_continue = True
-                return False
-            return True
-        if name == b"upgrade":
-            self.upgrade = value
-            return False
-        return False  # keep-alive, proxy-connection
-
-    def apply(self, msg, keep_alive: bool) -> None:
-        msg.keep_alive = keep_alive
-        msg.content_length = self.content_length
-        msg.chunked = None if self.te_bad else self.te_chunked
-        toks = self.tokens
-        if self.expect_continue:
-            msg.expect_continue = True
-        if toks is not None:
-            if self.upgrade is not None and b"upgrade" in toks:
-                msg.upgrade = self.upgrade
-            nominated = [t for t in toks if t not in _CONNECTION_KEYWORDS]
-            if nominated:
-                msg.headers = [h for h in msg.headers if h[0] not in nominated]
-
-_CONNECTION_KEYWORDS = frozenset((b"close", b"keep-alive", b"upgrade", b"te", b""))

@@ -24,8 +24,7 @@ import asyncio
 
 import httptools
 
-from meshproxy.http.h1_common import (CHUNK_END, ConnectionHeaderState, chunk,
-                                      encode_request_head)
+from meshproxy.http.h1_common import CHUNK_END, chunk, encode_request_head
 from meshproxy.http.headers import ResponseHeaders
 from meshproxy.network.batch import BatchedWriter, batch_for
 
@@ -49,10 +48,10 @@ def _parser(callbacks):
 
 class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
-                 "resp", "hdrs", "cstate", "eof_body", "head", "skip_1xx", "request_done",
+                 "resp", "hdrs", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
                  "draining", "connected", "active_on_close", "body", "duration_handle",
-                 "head_size", "head_count", "limits", "out")
+                 "head_size", "limits", "out")
 
     def __init__(self, pool):
         self.pool = pool
@@ -65,7 +64,6 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.closed = False
         self.resp = None
         self.hdrs = None
-        self.cstate = None
         self.eof_body = False
         self.head = False
         self.skip_1xx = False
@@ -81,7 +79,6 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.body = None              # body bytes parsed from the current read
         self.duration_handle = None   # max_connection_duration timer
         self.head_size = 0            # bytes of the response head so far (limit check)
-        self.head_count = 0
         cfg = pool.cluster.config
         self.limits = (cfg.max_headers_count, cfg.max_response_headers_bytes)
 
@@ -228,25 +225,18 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     def on_message_begin(self):
         self.hdrs = []
-        self.cstate = ConnectionHeaderState()
         self.head_size = 17           # "HTTP/1.1 NNN " + CRLF after the status line, + CRLF
-        self.head_count = 0
 
     def on_status(self, reason: bytes):
         self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes):
-        self.head_count += 1
-        self.head_size += len(name) + len(value) + 4
-        limits = self.limits
-        if self.head_count > limits[0] or self.head_size > limits[1]:
+        # Called per header: only collect here (the count bounds the list); the head is
+        # read in one loop in on_headers_complete, which costs less than a call per rule.
+        h = self.hdrs
+        h.append((name, value))
+        if len(h) > self.limits[0]:
             raise httptools.HttpParserError("response headers over the limit")
-        name = name.lower()
-        if name in _SPECIAL:
-            keep = self.cstate.take(name, value)
-            if keep is False:
-                return
-        self.hdrs.append((name, value))
 
     def on_headers_complete(self):
         p = self.parser
@@ -260,20 +250,47 @@ class UpstreamH1Connection(asyncio.Protocol):
             if s is not None:
                 s.on_upstream_1xx(status)
             return
-        cstate = self.cstate
-        resp = ResponseHeaders(status, self.hdrs)
+        # Names lower-case as Envoy stores them; hop-by-hop and framing headers consumed
+        # (RFC 9110 §7.6.1). Envoy forwards response headers that Connection nominates (only
+        # the hop-by-hop headers themselves go), unlike on requests.
+        hdrs = []
+        size = self.head_size
+        content_length = -1
+        tokens = ()
+        te = None
+        for name, value in self.hdrs:
+            size += len(name) + len(value) + 4
+            name = name.lower()
+            if name in _SPECIAL:
+                if name == b"content-length":
+                    try:
+                        content_length = int(value)
+                    except ValueError:
+                        content_length = -2
+                elif name == b"connection":
+                    tokens = tokens + tuple(t.strip().lower() for t in value.split(b","))
+                    continue
+                elif name == b"transfer-encoding":
+                    te = value if te is None else te + b"," + value
+                    continue
+                else:
+                    continue    # keep-alive, proxy-connection, upgrade
+            hdrs.append((name, value))
+        if size > self.limits[1]:
+            raise httptools.HttpParserError("response headers over the limit")
+        resp = ResponseHeaders(status, hdrs)
+        resp.content_length = content_length
+        if te is not None:
+            # Only "chunked" is a transfer coding Envoy's client codec takes.
+            if any(t.strip().lower() != b"chunked" for t in te.split(b",")):
+                raise httptools.HttpParserError("unsupported transfer-encoding")
+            resp.chunked = True
         # Envoy's shouldCloseConnection: "close" token, or HTTP/1.0 without "keep-alive".
-        toks = cstate.tokens or ()
         if p.get_http_version() == "1.0":
-            keep_alive = b"keep-alive" in toks and b"close" not in toks
+            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
         else:
-            keep_alive = b"close" not in toks
-        # Envoy forwards response headers that Connection nominates (only the hop-by-hop
-        # headers themselves are consumed), unlike on requests.
-        cstate.tokens = None
-        cstate.apply(resp, keep_alive)
-        if resp.chunked is None:
-            raise httptools.HttpParserError("unsupported transfer-encoding")
+            keep_alive = b"close" not in tokens
+        resp.keep_alive = keep_alive
         if not keep_alive:
             self.stats.upstream_cx_close_notify += 1
         no_body = self.head or status == 204 or status == 304 or status == 101

@@ -43,6 +43,19 @@ def run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
     return p
 
 
+PROXY_UID = 1337   # istio-proxy's uid and gid; the capture rules exempt this owner
+# What Istio grants the sidecar (NET_ADMIN for IP_TRANSPARENT, NET_BIND_SERVICE), plus
+# DAC_READ_SEARCH so uid 1337 can read an interpreter that lives under /root (mode 700).
+PROXY_CAPS = "+dac_read_search,+net_admin,+net_bind_service"
+
+
+def as_proxy_user(*argv: str) -> list[str]:
+    """``argv`` run as uid/gid 1337 with no supplementary groups, keeping PROXY_CAPS across
+    exec as ambient capabilities (setpriv execs: the PID stays the command's)."""
+    return ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
+            f"--inh-caps={PROXY_CAPS}", f"--ambient-caps={PROXY_CAPS}", *argv]
+
+
 def unprivileged_python() -> str:
     """A python3 other uids can run (the test interpreter may live under /root, mode 700)."""
     for candidate in ("/usr/bin/python3", "/usr/local/bin/python3"):

@@ -6,9 +6,12 @@ virtualOutbound 15001, virtualInbound 15006, a service listener on 0.0.0.0:80 th
 to a port, a TCP service on its VIP, PassthroughCluster / InboundPassthroughCluster / BlackHole).
 An application runs as uid 1000; servers in the peer namespace stand for the rest of the mesh.
 
-meshproxy runs as root with the capture rules exempting uid 0 ("-u 0"): the test interpreter
-lives under /root (mode 700), which uid 1337 cannot read. The owner exemption is the same rule
-either way.
+meshproxy runs as uid/gid 1337, as the istio-proxy container does, and the capture rules exempt
+that owner ("-u 1337"), so its own upstream connections leave the pod instead of coming back to
+15001. It is started with ``setpriv`` (see ``tests.netns.as_proxy_user``) keeping three ambient
+capabilities: CAP_NET_ADMIN and CAP_NET_BIND_SERVICE, which Istio grants the sidecar (TPROXY's
+IP_TRANSPARENT needs the first), and CAP_DAC_READ_SEARCH, only because the test interpreter
+lives under /root (mode 700), which uid 1337 could not otherwise read.
 """
 
 from __future__ import annotations
@@ -22,11 +25,15 @@ import time
 
 import pytest
 
-from tests.netns import Pod, Server, require_root_tools, unprivileged_python
+from tests.netns import (PROXY_UID, REPO, Pod, Server, as_proxy_user, require_root_tools,
+                         unprivileged_python)
 
+# Servers listen on [::] for IPv4 and IPv6 at once; an IPv4 peer is reported as a.b.c.d.
 # HTTP/1.1 server: answers "<port> <method> <host> <path> from=<peer ip>" (and closes).
 HTTP = r"""
 import socket, sys, threading
+def who(peer):
+    return peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
 ports = [int(p) for p in sys.argv[1].split(",")]
 def serve(s, port):
     while True:
@@ -40,12 +47,12 @@ def serve(s, port):
         lines = data.decode("latin-1").split("\r\n")
         method, path = lines[0].split(" ")[:2]
         host = next((l.split(":", 1)[1].strip() for l in lines[1:] if l.lower().startswith("host:")), "")
-        body = ("%d %s %s %s from=%s" % (port, method, host, path, peer[0])).encode()
+        body = ("%d %s %s %s from=%s" % (port, method, host, path, who(peer))).encode()
         c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
         c.close()
 for port in ports:
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", port)); s.listen(64)
+    s = socket.create_server(("::", port), family=socket.AF_INET6, backlog=64,
+                             dualstack_ipv6=True)
     threading.Thread(target=serve, args=(s, port), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
@@ -55,15 +62,16 @@ threading.Event().wait()
 ECHO = r"""
 import socket, sys, threading
 def serve(c, peer):
-    c.sendall(("hello from=%s\n" % peer[0]).encode())
+    who = peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
+    c.sendall(("hello from=%s\n" % who).encode())
     while True:
         d = c.recv(65536)
         if not d:
             break
         c.sendall(d)
     c.close()
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(64)
+s = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6, backlog=64,
+                         dualstack_ipv6=True)
 print("ready", flush=True)
 while True:
     c, peer = s.accept()
@@ -93,7 +101,7 @@ while True:
 print(hello.decode().strip(), "echo-ok" if back == payload else "echo-BAD %d/%d" % (len(back), len(payload)))
 """
 
-CAPTURE = ["-p", "15001", "-z", "15006", "-u", "0", "-i", "*", "-x", "", "-b", "*",
+CAPTURE = ["-p", "15001", "-z", "15006", "-u", str(PROXY_UID), "-i", "*", "-x", "", "-b", "*",
            "-d", "15090,15021,15020"]
 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -119,15 +127,31 @@ def _static(name, ip, port):
                                                              "port_value": port}}}}]}]}}
 
 
-def sidecar_bootstrap(peer_ip: str, tproxy: bool) -> dict:
+class Family:
+    """The addresses one IP family uses: wildcard, service VIPs (which exist nowhere), the
+    inbound passthrough source."""
+
+    def __init__(self, v6: bool):
+        self.v6 = v6
+        self.any = "::" if v6 else "0.0.0.0"
+        self.http_vip = "fd00:96::10" if v6 else "10.96.0.10"
+        self.tcp_vip = "fd00:96::20" if v6 else "10.96.0.20"
+        self.inbound_source = "::6" if v6 else "127.0.0.6"
+
+    def url_host(self, ip: str) -> str:
+        return f"[{ip}]" if ":" in ip else ip
+
+
+def sidecar_bootstrap(peer_ip: str, tproxy: bool, v6: bool = False) -> dict:
+    fam = Family(v6)
     sa = lambda ip, port: {"socket_address": {"address": ip, "port_value": port}}  # noqa: E731
+    vip = fam.url_host(fam.http_vip)
     http_routes = {"name": "80", "virtual_hosts": [
-        {"name": "svc.mesh:80", "domains": ["svc.mesh", "svc.mesh:80", "10.96.0.10",
-                                             "10.96.0.10:80"],
+        {"name": "svc.mesh:80", "domains": ["svc.mesh", "svc.mesh:80", vip, f"{vip}:80"],
          "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "outbound|80||svc.mesh"}}]},
         {"name": "allow_any", "domains": ["*"],
          "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}]}]}
-    inbound = {"name": "virtualInbound", "address": sa("0.0.0.0", 15006),
+    inbound = {"name": "virtualInbound", "address": sa(fam.any, 15006),
                "listener_filters": [ORIGINAL_DST_FILTER], "traffic_direction": "INBOUND",
                "filter_chains": [_tcp("BlackHoleCluster", "BlackHoleCluster",
                                       {"destination_port": 15006}),
@@ -136,25 +160,27 @@ def sidecar_bootstrap(peer_ip: str, tproxy: bool) -> dict:
         inbound["transparent"] = True
     inbound_cluster = {"name": "InboundPassthroughCluster", "type": "ORIGINAL_DST",
                        "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
-                       "upstream_bind_config": {"source_address": {"address": "127.0.0.6",
-                                                                   "port_value": 0}}}
+                       "upstream_bind_config": {"source_address": {
+                           "address": fam.inbound_source, "port_value": 0}}}
+    http_name = f"{fam.url_host(fam.any)}_80"   # Istio's names: 0.0.0.0_80, [::]_80
+    tcp_name = f"{fam.tcp_vip}_9000"
     return {
         "admin": {"address": sa("127.0.0.1", 15000)},
         "static_resources": {
             "listeners": [
-                {"name": "virtualOutbound", "address": sa("0.0.0.0", 15001),
+                {"name": "virtualOutbound", "address": sa(fam.any, 15001),
                  "use_original_dst": True, "listener_filters": [ORIGINAL_DST_FILTER],
                  "traffic_direction": "OUTBOUND",
                  "filter_chains": [_tcp("BlackHoleCluster", "BlackHoleCluster",
                                         {"destination_port": 15001}),
                                    _tcp("PassthroughCluster", "PassthroughCluster")]},
-                {"name": "0.0.0.0_80", "address": sa("0.0.0.0", 80), "bind_to_port": False,
+                {"name": http_name, "address": sa(fam.any, 80), "bind_to_port": False,
                  "traffic_direction": "OUTBOUND",
                  "filter_chains": [{"filters": [{
                      "name": "envoy.filters.network.http_connection_manager",
-                     "typed_config": {"@type": HCM, "stat_prefix": "outbound_0.0.0.0_80",
+                     "typed_config": {"@type": HCM, "stat_prefix": f"outbound_{http_name}",
                                       "route_config": http_routes}}]}]},
-                {"name": "10.96.0.20_9000", "address": sa("10.96.0.20", 9000),
+                {"name": tcp_name, "address": sa(fam.tcp_vip, 9000),
                  "bind_to_port": False, "traffic_direction": "OUTBOUND",
                  "filter_chains": [_tcp("outbound|9000||tcp.mesh", "outbound|9000||tcp.mesh")]},
                 inbound,
@@ -174,8 +200,11 @@ def sidecar_bootstrap(peer_ip: str, tproxy: bool) -> dict:
 class Mesh:
     """A pod with capture rules, meshproxy, an app, and servers in the peer namespace."""
 
-    def __init__(self, tproxy: bool = False):
-        self.pod = Pod()
+    def __init__(self, tproxy: bool = False, v6: bool = False):
+        self.fam = Family(v6)
+        self.pod = Pod(v4=not v6, v6=v6)
+        self.pod_ip = self.pod.pod_ip6 if v6 else self.pod.pod_ip
+        self.peer_ip = self.pod.peer_ip6 if v6 else self.pod.peer_ip
         self.servers = []
         self.proxy = None
         self.dir = tempfile.mkdtemp(prefix="mp-netns-")
@@ -187,11 +216,15 @@ class Mesh:
             self.servers.append(Server(self.pod.name, HTTP, "7070,15021"))
             boot = os.path.join(self.dir, "bootstrap.json")
             with open(boot, "w") as f:
-                json.dump(sidecar_bootstrap(self.pod.peer_ip, tproxy), f)
+                json.dump(sidecar_bootstrap(self.peer_ip, tproxy, v6), f)
             self.log = open(os.path.join(self.dir, "meshproxy.log"), "wb")
+            os.chown(self.dir, PROXY_UID, PROXY_UID)   # its working directory
             self.proxy = subprocess.Popen(
-                ["ip", "netns", "exec", self.pod.name, sys.executable, "-m", "meshproxy",
-                 "-c", boot, "-l", "warning"], stdout=self.log, stderr=subprocess.STDOUT)
+                ["ip", "netns", "exec", self.pod.name,
+                 *as_proxy_user(sys.executable, "-m", "meshproxy", "-c", boot, "-l", "warning")],
+                stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir,
+                env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                    x for x in (REPO, os.environ.get("PYTHONPATH")) if x)))
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if self.proxy.poll() is not None:
@@ -304,3 +337,44 @@ def test_virtual_listeners_in_admin(mesh):
                  "virtualInbound::0.0.0.0:15006"):
         assert name in listeners
     assert mesh.stats()["listener.0.0.0.0_15001.downstream_cx_total"] >= 0
+
+
+def _status(pid: int) -> dict:
+    with open(f"/proc/{pid}/status") as f:
+        return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+
+
+def _owner_return_packets(mesh) -> int:
+    """Packets the "-m owner --uid-owner 1337 -j RETURN" rule of ISTIO_OUTPUT let through."""
+    out = mesh.pod.exec("iptables", "-t", "nat", "-L", "ISTIO_OUTPUT", "-v", "-n", "-x").stdout
+    rows = [l.split() for l in out.splitlines()
+            if f"owner UID match {PROXY_UID}" in l and " RETURN " in f" {l} "
+            and "lo" not in l.split()[5:7]]
+    assert len(rows) == 1, out
+    return int(rows[0][0])
+
+
+def test_meshproxy_runs_as_uid_1337(mesh):
+    st = _status(mesh.proxy.pid)   # ip netns exec and setpriv exec: this PID is meshproxy
+    assert "meshproxy" in open(f"/proc/{mesh.proxy.pid}/cmdline").read().replace("\0", " ")
+    assert st["Uid"].split() == [str(PROXY_UID)] * 4, st["Uid"]
+    assert st["Gid"].split() == [str(PROXY_UID)] * 4, st["Gid"]
+    assert st["Groups"].strip() == "", st["Groups"]
+    cap_eff = int(st["CapEff"], 16)
+    CAP_DAC_READ_SEARCH, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SYS_ADMIN = 2, 10, 12, 21
+    assert cap_eff == (1 << CAP_DAC_READ_SEARCH) | (1 << CAP_NET_BIND_SERVICE) | (
+        1 << CAP_NET_ADMIN), hex(cap_eff)
+    assert not cap_eff & (1 << CAP_SYS_ADMIN)
+
+
+def test_own_upstream_connections_are_not_captured_again(mesh):
+    # One app request = one connection into 15001; meshproxy's connection to the endpoint
+    # (owned by 1337) leaves through the owner RETURN rule instead of coming back to 15001.
+    cx = "listener.0.0.0.0_15001.downstream_cx_total"
+    before, pkts = mesh.stats()[cx], _owner_return_packets(mesh)
+    peer = mesh.pod.peer_ip
+    for i in range(3):
+        out = mesh.curl(f"http://{peer}:8081/once{i}")
+        assert out.startswith(f"8081 GET {peer}:8081 /once{i} from={mesh.pod.pod_ip}"), out
+    assert mesh.stats()[cx] == before + 3
+    assert _owner_return_packets(mesh) >= pkts + 3   # at least each SYN of the proxy
