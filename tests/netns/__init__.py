@@ -36,6 +36,21 @@ def require_root_tools(*tools: str) -> None:
         pytest.skip(f"cannot manage network namespaces here: {probe.stderr.strip()}")
 
 
+def require_ip6_nat() -> None:
+    """Skip when the kernel has no IPv6 NAT (ip6table_nat / nf_nat for nftables): REDIRECT
+    of IPv6 connections, and so IP6T_SO_ORIGINAL_DST, cannot work without it."""
+    ns = f"mpt-{os.getpid()}-probe6"
+    subprocess.run(["ip", "netns", "add", ns], capture_output=True, check=True)
+    try:
+        p = subprocess.run(["ip", "netns", "exec", ns, "ip6tables", "-t", "nat", "-A", "OUTPUT",
+                            "-p", "tcp", "--dport", "1", "-j", "REDIRECT", "--to-ports", "2"],
+                           capture_output=True, text=True)
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"kernel lacks IPv6 NAT (ip6tables -t nat REDIRECT): {p.stderr.strip()}")
+
+
 def run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
     p = subprocess.run(argv, capture_output=True, text=True, timeout=60, **kw)
     if check and p.returncode != 0:
@@ -76,6 +91,26 @@ def package_for_other_users():
         shutil.rmtree(home)
 
 
+_PATH_PROBE = r"""
+import socket, sys, time
+deadline = time.monotonic() + 10
+while True:
+    s = socket.socket(socket.AF_INET6)
+    s.settimeout(0.05)
+    try:
+        s.connect((sys.argv[1], 9))   # nothing listens there yet: expect a refusal
+        break
+    except ConnectionRefusedError:
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit("no IPv6 path to %s after 10 s" % sys.argv[1])
+        time.sleep(0.02)
+    finally:
+        s.close()
+"""
+
+
 class Pod:
     """Two fresh namespaces joined by a veth pair; ``close()`` deletes both."""
 
@@ -105,6 +140,13 @@ class Pod:
                 run(["ip", "-n", ns, "link", "set", "eth0", "up"])
             if v4:  # service VIPs exist nowhere; the pod routes everything to the peer
                 run(["ip", "-n", self.name, "route", "add", "default", "via", self.peer_ip])
+            if v6:
+                run(["ip", "-n", self.name, "-6", "route", "add", "default", "via",
+                     self.peer_ip6])
+                # IPv6 sends nothing on a new link until the kernel's link watcher has seen its
+                # carrier (up to 1 s later); a connection made before then waits for a SYN
+                # retransmission. Wait until the peer answers (a refusal will do).
+                self.exec(sys.executable, "-c", _PATH_PROBE, self.peer_ip6)
         except BaseException:
             self.close()
             raise

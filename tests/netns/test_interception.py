@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,16 @@ import time
 
 import pytest
 
-from tests.netns import (PROXY_UID, REPO, Pod, Server, as_proxy_user, require_root_tools,
-                         unprivileged_python)
+from tests.netns import (
+    PROXY_UID,
+    REPO,
+    Pod,
+    Server,
+    as_proxy_user,
+    require_ip6_nat,
+    require_root_tools,
+    unprivileged_python,
+)
 
 # Servers listen on [::] for IPv4 and IPv6 at once; an IPv4 peer is reported as a.b.c.d.
 # HTTP/1.1 server: answers "<port> <method> <host> <path> from=<peer ip>" (and closes).
@@ -273,9 +282,13 @@ class Mesh:
                 self.proxy.wait(10)
             except subprocess.TimeoutExpired:
                 self.proxy.kill()
+                self.proxy.wait()
         for s in self.servers:
             s.stop()
         self.pod.close()
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=["REDIRECT", "TPROXY"])
@@ -283,6 +296,20 @@ def mesh(request):
     require_root_tools("iptables", "iptables-save", "iptables-restore", "setpriv", "curl")
     unprivileged_python()
     m = Mesh(tproxy=request.param == "TPROXY")
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+@pytest.fixture(scope="module", params=["REDIRECT", "TPROXY"])
+def mesh6(request):
+    """An IPv6-only pod (ULA addresses): meshproxy-iptables turns the ip6tables rules on from
+    the pod's address, as Istio does."""
+    require_root_tools("ip6tables", "ip6tables-save", "ip6tables-restore", "setpriv", "curl")
+    require_ip6_nat()
+    unprivileged_python()
+    m = Mesh(tproxy=request.param == "TPROXY", v6=True)
     try:
         yield m
     finally:
@@ -348,15 +375,16 @@ def _owner_return_packets(mesh) -> int:
     """Packets the "-m owner --uid-owner 1337 -j RETURN" rule of ISTIO_OUTPUT let through."""
     out = mesh.pod.exec("iptables", "-t", "nat", "-L", "ISTIO_OUTPUT", "-v", "-n", "-x").stdout
     rows = [l.split() for l in out.splitlines()
-            if f"owner UID match {PROXY_UID}" in l and " RETURN " in f" {l} "
-            and "lo" not in l.split()[5:7]]
+            if f"owner UID match {PROXY_UID}" in l and "! owner" not in l
+            and l.split()[2] == "RETURN" and l.split()[6] == "*"]
     assert len(rows) == 1, out
     return int(rows[0][0])
 
 
 def test_meshproxy_runs_as_uid_1337(mesh):
     st = _status(mesh.proxy.pid)   # ip netns exec and setpriv exec: this PID is meshproxy
-    assert "meshproxy" in open(f"/proc/{mesh.proxy.pid}/cmdline").read().replace("\0", " ")
+    with open(f"/proc/{mesh.proxy.pid}/cmdline") as f:
+        assert "meshproxy" in f.read().replace("\0", " ")
     assert st["Uid"].split() == [str(PROXY_UID)] * 4, st["Uid"]
     assert st["Gid"].split() == [str(PROXY_UID)] * 4, st["Gid"]
     assert st["Groups"].strip() == "", st["Groups"]
@@ -378,3 +406,50 @@ def test_own_upstream_connections_are_not_captured_again(mesh):
         assert out.startswith(f"8081 GET {peer}:8081 /once{i} from={mesh.pod.pod_ip}"), out
     assert mesh.stats()[cx] == before + 3
     assert _owner_return_packets(mesh) >= pkts + 3   # at least each SYN of the proxy
+
+
+# ---------------------------------------------------------------------- IPv6 (ip6tables)
+
+
+def test_ipv6_pod_has_ip6tables_capture_rules(mesh6):
+    nat = mesh6.pod.save(ipv6=True)
+    assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in nat, nat
+    assert f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN" in nat, nat
+
+
+def test_ipv6_service_vip_that_exists_nowhere_is_routed_to_an_endpoint(mesh6):
+    # fd00:96::10 is no address anywhere: meshproxy must read the original destination back
+    # with IP6T_SO_ORIGINAL_DST and hand the connection to the [::]:80 HTTP listener.
+    out = mesh6.curl("http://[fd00:96::10]/hello6", "-H", "Host: svc.mesh")
+    assert out.startswith(f"8080 GET svc.mesh /hello6 from={mesh6.pod_ip}"), out
+    assert mesh6.stats()["cluster.outbound|80||svc.mesh.upstream_rq_200"] >= 1
+
+
+def test_ipv6_vip_as_host_header_matches_its_virtual_host(mesh6):
+    out = mesh6.curl("http://[fd00:96::10]/bracketed")
+    assert out.startswith("8080 GET [fd00:96::10] /bracketed from="), out
+
+
+def test_ipv6_unknown_destination_passes_through_to_the_real_server(mesh6):
+    peer, cx = mesh6.peer_ip, "cluster.PassthroughCluster.upstream_cx_total"
+    before = mesh6.stats().get(cx, 0)
+    out = mesh6.curl(f"http://[{peer}]:8081/x6")
+    assert out.startswith(f"8081 GET [{peer}]:8081 /x6 from={mesh6.pod_ip}"), out
+    assert mesh6.stats()[cx] == before + 1
+
+
+def test_ipv6_tcp_service_is_proxied_byte_for_byte(mesh6):
+    out = mesh6.app(unprivileged_python(), "-c", TCP_CLIENT, "fd00:96::20", "9000", "200000")
+    assert out == f"hello from={mesh6.pod_ip} echo-ok", out
+    assert mesh6.stats()["tcp.outbound|9000||tcp.mesh.downstream_cx_total"] >= 1
+
+
+def test_ipv6_unknown_tcp_destination_passes_through_byte_for_byte(mesh6):
+    out = mesh6.app(unprivileged_python(), "-c", TCP_CLIENT, mesh6.peer_ip, "9000", "100000")
+    assert out == f"hello from={mesh6.pod_ip} echo-ok", out
+
+
+def test_ipv6_inbound_reaches_the_app_through_15006_from_inbound_passthrough_source(mesh6):
+    ip = mesh6.pod_ip
+    out = mesh6.from_peer("curl", "-s", "-m", "5", f"http://[{ip}]:7070/in6")
+    assert out == f"7070 GET [{ip}]:7070 /in6 from=::6", out
