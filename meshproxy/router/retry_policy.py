@@ -11,6 +11,8 @@ from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 
 # x-envoy-retry-on / retry_on values Envoy knows (router/retry_state_impl.cc).
+GRPC_RETRY_ON = frozenset(("cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+                           "unavailable"))
 KNOWN_RETRY_ON = frozenset((
     "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
     "envoy-ratelimited", "retriable-4xx", "refused-stream", "retriable-status-codes",
@@ -25,7 +27,7 @@ class RetryPolicy:
                  "base_interval", "max_interval", "host_predicates",
                  "host_selection_retry_max_attempts", "retry_priority",
                  # derived once here, read by every request's RetryState
-                 "base_ms", "max_ms", "previous_hosts")
+                 "base_ms", "max_ms", "previous_hosts", "retry_statuses", "grpc", "ratelimited")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -33,6 +35,28 @@ class RetryPolicy:
         self.base_ms = int(self.base_interval * 1000)
         self.max_ms = int(self.max_interval * 1000)
         self.previous_hosts = any(p.endswith("previous_hosts") for p in self.host_predicates)
+        on = self.retry_on
+        statuses = set()
+        if "5xx" in on:
+            statuses.update(range(500, 600))
+        if "gateway-error" in on:
+            statuses.update((502, 503, 504))
+        if "retriable-4xx" in on:
+            statuses.add(409)
+        if "retriable-status-codes" in on:
+            statuses.update(self.retriable_status_codes)
+        self.retry_statuses = frozenset(statuses)
+        self.grpc = bool(on & GRPC_RETRY_ON)
+        self.ratelimited = "envoy-ratelimited" in on
+
+    def may_retry_headers(self, resp) -> bool:
+        """False when no response with these headers could be retried under this policy
+        (then the router skips the retry state altogether); True means: ask RetryState."""
+        if resp.status in self.retry_statuses:
+            return True
+        if self.grpc and resp.get(b"grpc-status") is not None:
+            return True
+        return self.ratelimited and resp.get(b"x-envoy-ratelimited") is not None
 
     def __repr__(self):
         return f"<RetryPolicy {','.join(sorted(self.retry_on))} x{self.num_retries}>"

@@ -53,7 +53,7 @@ class Router:
     __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "per_try",
                  "request_done", "paused_downstream", "host_rewritten", "internal", "retry",
                  "buffered", "buffered_bytes", "attempts", "retry_handle", "per_try_handle",
-                 "extra_flag")
+                 "extra_flag", "retry_policy")
 
     def __init__(self, stream, route):
         self.stream = stream
@@ -67,7 +67,8 @@ class Router:
         self.paused_downstream = False
         self.host_rewritten = False
         self.internal = False
-        self.retry = None
+        self.retry = None          # RetryState, made when a retry is first considered
+        self.retry_policy = None   # the policy it will be made from until then
         self.buffered = None
         self.buffered_bytes = 0
         self.attempts = 0
@@ -151,11 +152,15 @@ class Router:
             per_try = 0.0
         self.timeout = timeout
         self.per_try = per_try
-        if policy is not None or retry_on is not None:
+        if retry_on is not None or max_retries is not None or codes is not None:
             state = RetryState(policy, self.cluster, retry_on_header=retry_on,
                                max_retries_header=max_retries, codes_header=codes)
             if state.enabled:
                 self.retry = state
+        elif policy is not None and policy.retry_on:
+            # Most requests are never retried: their RetryState (and its bookkeeping) is made
+            # only when a response or reset might be retried (_retry_state).
+            self.retry_policy = policy
         self.host_rewritten = finalize_request_headers(req, self.route, self.weighted, stream,
                                                        keep)
         self._set_timeout_header(req, 0.0, hedge)
@@ -175,7 +180,7 @@ class Router:
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.request_done = True
-        if self.retry is not None and data:
+        if data and (self.retry is not None or self.retry_policy is not None):
             if self.buffered is None:
                 self.buffered = []
             self.buffered.append(data)
@@ -192,8 +197,9 @@ class Router:
 
     def _abandon_retries(self) -> None:
         self.cluster.stats.retry_or_shadow_abandoned += 1
-        self.retry.release()
-        self.retry = None
+        if self.retry is not None:
+            self.retry.release()
+        self.retry = self.retry_policy = None
         self.buffered = None
         if self.retry_handle is not None:
             self.retry_handle.cancel()
@@ -270,10 +276,26 @@ class Router:
         # Envoy charges 1xx heads it drops (Filter::onUpstream1xxHeaders).
         self.cluster.charge(status, self.internal)
 
+    def _retry_state(self):
+        """The request's RetryState, made from the route's policy on first need; the hosts
+        tried so far (one attempt, until a retry exists) are remembered for previous_hosts."""
+        retry = self.retry
+        if retry is None and self.retry_policy is not None:
+            retry = self.retry = RetryState(self.retry_policy, self.cluster)
+            self.retry_policy = None
+            if self.stream.upstream_host is not None:
+                retry.host_attempted(self.stream.upstream_host)
+        return retry
+
     def on_upstream_headers(self, upstream, resp, end_stream: bool) -> None:
         stream = self.stream
         status = resp.status
         retry = self.retry
+        if retry is None and self.retry_policy is not None:
+            if self.retry_policy.may_retry_headers(resp):
+                retry = self._retry_state()
+            else:
+                self.retry_policy = None
         if retry is not None:
             would = retry.would_retry_headers(resp)
             if would and self._retry(upstream, upstream.host):
@@ -322,7 +344,8 @@ class Router:
             stream.response_flags = "UPE" if reason == PROTOCOL_ERROR else "UC"
             stream.reset_stream()
             return
-        if self.retry is not None and self.retry.would_retry_reset(reason) and \
+        retry = self._retry_state()
+        if retry is not None and retry.would_retry_reset(reason) and \
                 self._retry(upstream, upstream.host):
             return
         self._fail(upstream, reason, detail)
@@ -355,7 +378,8 @@ class Router:
         up.host.stats.rq_timeout += 1
         self.upstream = None
         up.abort()
-        if self.retry is not None and self.retry.would_retry_reset("local reset") and \
+        retry = self._retry_state()
+        if retry is not None and retry.would_retry_reset("local reset") and \
                 self._retry(up, up.host):
             return
         self.cluster.charge(504, self.internal)
@@ -394,7 +418,7 @@ class Router:
             self.retry_handle = None
         if self.retry is not None:
             self.retry.release()
-            self.retry = None
+        self.retry = self.retry_policy = None
 
     def abort_upstream(self) -> None:
         self._cleanup()
