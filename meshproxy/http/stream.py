@@ -11,6 +11,7 @@ local reply) calls ``encode_headers`` / ``encode_data``; the stream adds ``date`
 
 from __future__ import annotations
 
+import operator
 import time
 
 from meshproxy.http import local_reply
@@ -19,6 +20,7 @@ from meshproxy.router.route_table import ADMIN, DIRECT_RESPONSE, REDIRECT, ROUTE
 from meshproxy.router.router import Router
 
 _XRID = b"x-request-id"
+_first = operator.itemgetter(0)
 _DATE_CACHE = [0, b""]
 
 
@@ -34,33 +36,26 @@ def _set_date_server(resp, transform: str, server: bytes) -> None:
     """``date`` always overwritten; ``server`` per server_header_transformation. Each replaces
     an upstream header in place, as Envoy's header map does."""
     h = resp.headers
-    d = s = -1
-    dup = False
-    i = 0
-    for n, _ in h:
-        if n == b"date":
-            dup = dup or d >= 0
-            d = i
-        elif n == b"server":
-            dup = dup or s >= 0
-            s = i
-        i += 1
+    names = list(map(_first, h))    # the scans below run in C
     date = date_value()
-    if dup:
+    nd = names.count(b"date")
+    if nd == 1:
+        h[names.index(b"date")] = (b"date", date)
+    elif nd:
+        # repeated (rare): set() keeps the first position and drops the rest
         resp.set(b"date", date)
-        if transform == "OVERWRITE":
-            resp.set(b"server", server)
-        return
-    if d >= 0:
-        h[d] = (b"date", date)
+        names = list(map(_first, h))
     else:
         h.append((b"date", date))
     if transform == "OVERWRITE":
-        if s >= 0:
-            h[s] = (b"server", server)
+        ns = names.count(b"server")
+        if ns == 1:
+            h[names.index(b"server")] = (b"server", server)
+        elif ns:
+            resp.set(b"server", server)
         else:
             h.append((b"server", server))
-    elif transform == "APPEND_IF_ABSENT" and s < 0:
+    elif transform == "APPEND_IF_ABSENT" and b"server" not in names:
         h.append((b"server", server))
 
 
@@ -269,14 +264,18 @@ class ActiveStream:
 
     def apply_route_response_mutations(self, resp, weighted) -> None:
         route = self.route
-        table = route.vhost.table
-        muts = (weighted.response_mutation if weighted is not None else None,
-                route.response_mutation, route.vhost.response_mutation, table.response_mutation)
-        if table.most_specific_header_mutations_wins:
-            muts = muts[::-1]
-        for m in muts:
-            if m is not None:
-                m.apply(resp, self)
+        chain = route.resp_chain
+        if chain is None:
+            route.plan()
+            chain = route.resp_chain
+        if weighted is not None and weighted.response_mutation is not None:
+            # the weighted cluster's own level is the most specific
+            if route.vhost.table.most_specific_header_mutations_wins:
+                chain = chain + (weighted.response_mutation,)
+            else:
+                chain = (weighted.response_mutation,) + chain
+        for m in chain:
+            m.apply(resp, self)
 
     # ------------------------------------------------------------------ response path
 

@@ -83,15 +83,14 @@ def finalize_request_headers(req, route, weighted, stream, keep_original: bool) 
         if weighted.host_rewrite is not None:
             req.authority = weighted.host_rewrite  # WeightedClusterEntry: a plain setHost
             rewritten = True
-    vhost = route.vhost
-    table = vhost.table
-    if table.most_specific_header_mutations_wins:
-        muts = (table.request_mutation, vhost.request_mutation, route.request_mutation)
-    else:
-        muts = (route.request_mutation, vhost.request_mutation, table.request_mutation)
-    for m in muts:
-        if m is not None:
-            m.apply(req, stream)
+    chain = route.req_chain
+    if chain is None:
+        route.plan()
+        chain = route.req_chain
+    for m in chain:
+        m.apply(req, stream)
+    if not route.rewrites:
+        return rewritten
     action = route.action
     host = None
     if action.host_rewrite_literal is not None:

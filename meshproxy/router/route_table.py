@@ -183,7 +183,8 @@ class DirectResponse:
 
 class Route:
     __slots__ = ("name", "match", "kind", "action", "request_mutation", "response_mutation",
-                 "vhost", "decorator", "typed_per_filter_config", "metadata")
+                 "vhost", "decorator", "typed_per_filter_config", "metadata",
+                 "req_chain", "resp_chain", "rewrites")
 
     def __init__(self, name, match, kind, action, request_mutation, response_mutation, vhost,
                  decorator=None, typed_per_filter_config=None, metadata=None):
@@ -197,6 +198,26 @@ class Route:
         self.decorator = decorator
         self.typed_per_filter_config = typed_per_filter_config or {}
         self.metadata = metadata
+        self.req_chain = self.resp_chain = None   # see plan()
+        self.rewrites = None
+
+    def plan(self) -> None:
+        """The header mutations of route, virtual host and table in the order Envoy applies
+        them (``most_specific_header_mutations_wins`` reverses it), without the empty levels;
+        made on first use because the table is attached to the virtual host after routes."""
+        vhost = self.vhost
+        table = vhost.table
+        req = (self.request_mutation, vhost.request_mutation, table.request_mutation)
+        resp = (self.response_mutation, vhost.response_mutation, table.response_mutation)
+        if table.most_specific_header_mutations_wins:
+            req, resp = req[::-1], resp[::-1]
+        self.req_chain = tuple(m for m in req if m is not None)
+        self.resp_chain = tuple(m for m in resp if m is not None)
+        a = self.action
+        self.rewrites = a is not None and self.kind == ROUTE and (
+            a.host_rewrite_literal is not None or a.host_rewrite_header is not None
+            or a.host_rewrite_path_regex is not None or a.prefix_rewrite is not None
+            or a.regex_rewrite is not None)
 
     def __repr__(self):
         return f"<Route {self.name or ''} kind={self.kind} in {self.vhost.name}>"
