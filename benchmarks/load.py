@@ -8,10 +8,15 @@ per request itself, far below any proxy here.
 Open loop (latency at a fixed rate): ``benchmarks.openloop`` in a subprocess.
 
 Both run under a wall-clock bound (``subprocess`` timeout) as well as a count bound.
+
+A ``Target`` says where the load goes: 127.0.0.1:port in the harness's own namespace, or (the
+``redirect`` scenario) an address inside a pod namespace, the generator started there through
+an argv prefix (``ip netns exec POD`` [``setpriv ...``]).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -30,10 +35,26 @@ class LoadError(RuntimeError):
     pass
 
 
-def h2load(port: int, path: str, requests: int, connections: int, cpus: str | None,
+@dataclasses.dataclass(frozen=True)
+class Target:
+    port: int
+    host: str = "127.0.0.1"
+    wrap: tuple = ()   # argv prefix the generator runs under (namespace, user)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.host}:{self.port}{path}"
+
+
+def _target(t) -> Target:
+    return t if isinstance(t, Target) else Target(int(t))
+
+
+def h2load(port, path: str, requests: int, connections: int, cpus: str | None,
            timeout: float = 300.0) -> dict:
-    cmd = pinned(["h2load", "--h1", "-n", str(requests), "-c", str(connections), "-t", "1",
-                  "-m", "1", f"http://127.0.0.1:{port}{path}"], cpus)
+    """``port``: a port on 127.0.0.1, or a Target."""
+    t = _target(port)
+    cmd = pinned([*t.wrap, "h2load", "--h1", "-n", str(requests), "-c", str(connections),
+                  "-t", "1", "-m", "1", t.url(path)], cpus)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -50,10 +71,13 @@ def h2load(port: int, path: str, requests: int, connections: int, cpus: str | No
             "rps": float(f.group(3)), "mbps": float(f.group(4)) * _UNITS[f.group(5)]}
 
 
-def openloop(port: int, path: str, rate: int, requests: int, connections: int,
+def openloop(port, path: str, rate: int, requests: int, connections: int,
              cpus: str | None, spin: bool = False) -> dict:
+    """``port``: a port on 127.0.0.1, or a Target."""
+    t = _target(port)
     timeout = requests / rate * 3 + 10
-    cmd = pinned([sys.executable, "-m", "benchmarks.openloop", "--port", str(port),
+    cmd = pinned([*t.wrap, sys.executable, "-m", "benchmarks.openloop", "--host", t.host,
+                  "--port", str(t.port),
                   "--path", path, "--rate", str(rate), "--requests", str(requests),
                   "--connections", str(connections), "--timeout", str(timeout)]
                  + (["--spin"] if spin else []), cpus)

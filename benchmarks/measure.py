@@ -42,6 +42,7 @@ class _Window:
 
 
 def closed_run(proxy, port, sc, upstream, a) -> dict:
+    """``port``: where the load goes, a port on 127.0.0.1 or a ``load.Target``."""
     """Saturation: h2load sends a fixed count as fast as the proxy answers."""
     n = a.requests_for(sc)
     load.h2load(port, sc.path, min(n, 3000), sc.connections, a.load_cpus)   # warm-up

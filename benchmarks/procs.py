@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 import yaml
@@ -46,6 +47,38 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     # taskset execs the command, so the PID we get is the proxy's own, and children
     # (nginx workers, Envoy threads) inherit the affinity.
     return ["taskset", "-c", cpus, *cmd] if cpus else list(cmd)
+
+
+# The sidecar's identity: uid/gid 1337, which the capture rules exempt. setpriv keeps, as
+# ambient capabilities, what Istio grants istio-proxy (NET_ADMIN, NET_BIND_SERVICE) and
+# DAC_READ_SEARCH, only so that uid 1337 can read an interpreter that lives under /root.
+PROXY_UID = 1337
+PROXY_CAPS = "+dac_read_search,+net_admin,+net_bind_service"
+
+
+def in_netns(ns: str, cmd: list[str], uid: int | None = None) -> list[str]:
+    """``cmd`` in network namespace ``ns`` (as ``uid``, gid the same, no groups). ``ip netns
+    exec`` and ``setpriv`` both exec, so the PID stays the command's."""
+    user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            f"--inh-caps={PROXY_CAPS}", f"--ambient-caps={PROXY_CAPS}"] if uid is not None else []
+    return ["ip", "netns", "exec", ns, *user, *cmd]
+
+
+def http_get(url: str, netns: str | None = None, timeout: float = 2.0) -> tuple[int, bytes]:
+    """(status, body) of ``GET url``, from inside ``netns`` (with curl) when given."""
+    if netns is None:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+    r = subprocess.run(["ip", "netns", "exec", netns, "curl", "-s", "-m", str(timeout),
+                        "-o", "-", "-w", "\n%{http_code}", url],
+                       capture_output=True, timeout=timeout + 5)
+    body, _, code = r.stdout.rpartition(b"\n")
+    if r.returncode != 0 or not code.isdigit() or int(code) == 0:
+        raise OSError(f"curl in {netns}: rc {r.returncode} {r.stderr.decode(errors='replace')}")
+    return int(code), body
 
 
 # ---------------------------------------------------------------------- /proc readers
@@ -123,6 +156,15 @@ def own_children_cpu() -> float:
         ru = resource.getrusage(who)
         total += ru.ru_utime + ru.ru_stime
     return total
+
+
+def uids(pid: int) -> list[int]:
+    """Real, effective, saved and filesystem uid of ``pid``."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
 
 
 def rss_bytes(pid: int) -> int:
@@ -206,22 +248,25 @@ class Proc:
             RUNNING.remove(self)
 
 
-def wait_http(port: int, path: str, proc: Proc, timeout: float = 30.0) -> bytes:
-    """Wait until ``GET path`` on ``port`` answers 200; returns the body."""
+def wait_http(port: int, path: str, proc: Proc, timeout: float = 30.0, host: str = "127.0.0.1",
+              netns: str | None = None) -> bytes:
+    """Wait until ``GET path`` on ``host:port`` (seen from ``netns``) answers 200; returns the
+    body."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         if not proc.alive():
             raise RuntimeError(f"{proc.name} exited {proc.proc.returncode}: {proc.log_tail()}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
-                if r.status == 200:
-                    return r.read()
-                last = r.status
+            status, body = http_get(f"http://{host}:{port}{path}", netns)
+            if status == 200:
+                return body
+            last = status
         except OSError as exc:
             last = exc
         time.sleep(0.05)
-    raise RuntimeError(f"{proc.name} not answering on :{port}{path} ({last}): {proc.log_tail()}")
+    raise RuntimeError(f"{proc.name} not answering on {host}:{port}{path} ({last}): "
+                       f"{proc.log_tail()}")
 
 
 def checkout(rev: str, dest_root: str) -> str:
@@ -241,12 +286,17 @@ def checkout(rev: str, dest_root: str) -> str:
 
 def start_envoy_like(kind: str, bootstrap: dict, cpus: str | None, base_id: int,
                      workdir: str, extra_env: dict | None = None,
-                     command: list[str] | None = None, source: str | None = None) -> Proc:
+                     command: list[str] | None = None, source: str | None = None,
+                     netns: str | None = None, uid: int | None = None,
+                     listener: str = "bench") -> Proc:
     """meshproxy or Envoy on the very same bootstrap dict. Listeners bind port 0; the port
     comes back from the admin API, so both can run at once without port bookkeeping.
     ``command`` replaces ``python -m meshproxy`` (an experiment); ``source`` is a directory
-    holding another ``meshproxy/`` (see ``checkout``)."""
+    holding another ``meshproxy/`` (see ``checkout``). With ``netns`` the proxy runs in that
+    network namespace (as ``uid``), and the port reported is that of ``listener``."""
     d = tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)
+    if uid is not None:
+        os.chown(d, uid, uid)   # its working directory, where it writes the admin address
     cfg = os.path.join(d, "bootstrap.yaml")
     with open(cfg, "w") as f:
         yaml.safe_dump(bootstrap, f)
@@ -264,6 +314,8 @@ def start_envoy_like(kind: str, bootstrap: dict, cpus: str | None, base_id: int,
         extra_env = dict(extra_env or {})
         extra_env["PYTHONPATH"] = os.pathsep.join(
             x for x in (source, REPO, os.environ.get("PYTHONPATH", "")) if x)
+    if netns is not None:
+        cmd = in_netns(netns, cmd, uid)
     p = Proc(kind, cmd, cpus, d, env=extra_env)
     deadline = time.monotonic() + 30
     while not (os.path.exists(addr_path) and os.path.getsize(addr_path) > 0):
@@ -275,32 +327,33 @@ def start_envoy_like(kind: str, bootstrap: dict, cpus: str | None, base_id: int,
         admin = f.read().strip()
     while True:
         try:
-            with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as r:
-                listeners = json.loads(r.read())
+            listeners = json.loads(http_get(f"http://{admin}/listeners?format=json", netns)[1])
             break
-        except OSError:
+        except (OSError, ValueError):
             if not p.alive() or time.monotonic() > deadline:
                 p.stop()
                 raise RuntimeError(f"{kind} admin not answering: {p.log_tail()}") from None
             time.sleep(0.05)
     for ls in listeners.get("listener_statuses", []):
         sa = ls.get("local_address", {}).get("socket_address")
-        if sa and ls.get("name") == "bench":
+        if sa and ls.get("name") == listener:
             p.port = sa["port_value"]
     if not p.port:
         p.stop()
-        raise RuntimeError(f"{kind}: no 'bench' listener in {listeners}")
+        raise RuntimeError(f"{kind}: no {listener!r} listener in {listeners}")
     p.admin = admin
+    p.netns = netns
     return p
 
 
-def start_nginx(name: str, conf: str, cpus: str | None, workdir: str) -> Proc:
+def start_nginx(name: str, conf: str, cpus: str | None, workdir: str,
+                netns: str | None = None) -> Proc:
     d = tempfile.mkdtemp(prefix=f"{name}-", dir=workdir)
     path = os.path.join(d, "nginx.conf")
     with open(path, "w") as f:
         f.write(conf.replace("@DIR@", d))
-    return Proc(name, ["nginx", "-p", d, "-c", path, "-e", os.path.join(d, "error.log")],
-                cpus, d)
+    cmd = ["nginx", "-p", d, "-c", path, "-e", os.path.join(d, "error.log")]
+    return Proc(name, in_netns(netns, cmd) if netns else cmd, cpus, d)
 
 
 def start_haproxy(conf: str, cpus: str | None, workdir: str) -> Proc:

@@ -107,6 +107,11 @@ def markdown(result: dict) -> str:
                 f"{_fmt(r['mbps'])} | {_fmt(r['cpu_us_at_rate'])} | {_fmt(r['p50'], 0)} | "
                 f"{_fmt(r['p90'], 0)} | {_fmt(r['p99'], 0)} | {_fmt(r['p99_ratio'], 2)} | "
                 f"{_fmt(r['rss_mb'])} | {_fmt(r['rss_ratio'], 2)} | {_fmt(r['noise'], 2)} |")
+        for r in sc["runs"]:
+            if r.get("phase") == "check":
+                out += ["", f"**Check failed for {r['proxy']}: {r['error']}**"]
+        if sc.get("notes"):
+            out += [""] + sc["notes"]
         out.append("")
     out += ["Columns: CPU µs/req = (utime+stime of the proxy process tree after − before) / "
             "requests, at saturation (closed loop). upstream CPU = the same for the nginx "

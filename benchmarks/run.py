@@ -18,12 +18,20 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 
-from benchmarks import load, measure, procs, report
-from benchmarks.scenarios import SCENARIOS, upstream_conf, write_upstream_files
+from benchmarks import load, measure, podnet, procs, report
+from benchmarks.scenarios import (
+    SCENARIOS,
+    SERVICE_CLUSTER,
+    SERVICE_PORT,
+    SERVICE_VIP,
+    upstream_conf,
+    write_upstream_files,
+)
 
 ALL_PROXIES = ("meshproxy", "envoy", "nginx", "haproxy")
 
@@ -129,17 +137,65 @@ def start_proxy(name, sc, upstream_port, a, workdir, seq):
     return p
 
 
-def start_all(sc, proxies, upstream, a, workdir, log):
+def start_sidecar(name, sc, net, a, workdir, seq):
+    """``redirect``: meshproxy or Envoy as uid 1337 in a pod namespace of its own, on the
+    sidecar bootstrap; the load goes to the service VIP from inside that pod."""
+    if name not in ("envoy", *a.variants):
+        return None   # nginx / HAProxy have no original-destination listener to compare
+    base_id = (os.getpid() % 5000) * 10 + seq
+    kind = "envoy" if name == "envoy" else "meshproxy"
+    v = a.variants.get(name, {})
+    rev = v.get("rev") or (a.meshproxy_rev if "command" in v else None)
+    source = procs.checkout(rev, workdir) if rev else None
+    pod = net.add_pod()
+    p = procs.start_envoy_like(kind, sc.envoy_bootstrap(podnet.UPSTREAM_PORT, net.upstream_ip),
+                               a.proxy_cpus, base_id, workdir, command=v.get("command"),
+                               source=source, netns=pod, uid=procs.PROXY_UID,
+                               listener="virtualOutbound")
+    p.name = name
+    p.port = SERVICE_PORT
+    p.target = load.Target(SERVICE_PORT, SERVICE_VIP, ("ip", "netns", "exec", pod))
+    uid = procs.uids(p.pid)
+    if uid != [procs.PROXY_UID] * 4:
+        p.stop()
+        raise RuntimeError(f"{name} runs as uids {uid}, not {procs.PROXY_UID}")
+    return p
+
+
+def sidecar_counts(p) -> dict:
+    """Requests the service cluster saw, and connections that went out as passthrough (there
+    should be none: a captured baseline or a re-captured upstream connection would show up
+    there)."""
+    want = {f"cluster.{SERVICE_CLUSTER}.upstream_rq_total": "service_rq",
+            "cluster.PassthroughCluster.upstream_cx_total": "passthrough_cx",
+            "cluster.BlackHoleCluster.upstream_cx_none_healthy": "blackhole_cx"}
+    out = dict.fromkeys(want.values(), 0)
+    try:
+        text = procs.http_get(f"http://{p.admin}/stats", p.netns)[1].decode()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, value = line.partition(": ")
+        if name in want and value.strip().isdigit():
+            out[want[name]] = int(value)
+    return out
+
+
+def start_all(sc, proxies, upstream, a, workdir, log, net=None):
     """Start every proxy for ``sc``; returns ({name: Proc}, names to measure, start errors)."""
     started, errors = {}, []
     names = []
     for i, name in enumerate(proxies):
         try:
-            p = start_proxy(name, sc, upstream.port, a, workdir, i)
+            if net is not None:
+                p = start_sidecar(name, sc, net, a, workdir, i)
+            else:
+                p = start_proxy(name, sc, upstream.port, a, workdir, i)
             if p is None:
                 continue   # this proxy cannot do this job (nginx-light has no tcp proxying)
             started[name] = p
-            procs.wait_http(p.port, sc.path, p)
+            t = getattr(p, "target", None) or load.Target(p.port)
+            procs.wait_http(t.port, sc.path, p, host=t.host, netns=getattr(p, "netns", None))
         except RuntimeError as exc:
             if name in started:
                 started.pop(name).stop()
@@ -147,12 +203,14 @@ def start_all(sc, proxies, upstream, a, workdir, log):
             errors.append({"proxy": name, "round": 0, "phase": "closed",
                            "error": str(exc).splitlines()[0]})
         names.append(name)
-    if not a.no_baseline and sc.kind == "http":
+    if not a.no_baseline and sc.kind in ("http", "redirect"):
         names.append(report.NO_PROXY)
     return started, names, errors
 
 
-def run_phase(run, rounds, names, started, sc, upstream, a, log) -> list[dict]:
+def run_phase(run, rounds, names, started, sc, upstream, a, log,
+              baseline=None) -> list[dict]:
+    """``baseline``: where the no-proxy runs send their load (default: the upstream)."""
     records = []
     for rnd in range(rounds):
         # Serpentine order (A B C D, D C B A, ...) so slow drift hits every proxy alike.
@@ -160,9 +218,12 @@ def run_phase(run, rounds, names, started, sc, upstream, a, log) -> list[dict]:
             if name != report.NO_PROXY and name not in started:
                 continue
             p = started.get(name)
-            port = p.port if p else upstream.port
+            if p is not None:
+                target = getattr(p, "target", None) or load.Target(p.port)
+            else:
+                target = baseline or load.Target(upstream.port)
             try:
-                r = measure.quietly(run, p, port, sc, upstream, a, log)
+                r = measure.quietly(run, p, target, sc, upstream, a, log)
             except (load.LoadError, RuntimeError) as exc:
                 r = {"phase": run.__name__.split("_")[0], "error": str(exc)[:300]}
             r.update(proxy=name, round=rnd)
@@ -181,6 +242,8 @@ def run_phase(run, rounds, names, started, sc, upstream, a, log) -> list[dict]:
 
 
 def run_scenario(sc, proxies, upstream, a, workdir, log) -> dict:
+    if sc.kind == "redirect":
+        return run_redirect(sc, proxies, a, workdir, log)
     started, names, records = start_all(sc, proxies, upstream, a, workdir, log)
     rss = {}
     try:
@@ -192,9 +255,70 @@ def run_scenario(sc, proxies, upstream, a, workdir, log) -> dict:
     finally:
         for p in started.values():
             p.stop()
+    return _scenario_result(sc, a, records, names, rss)
+
+
+def run_redirect(sc, proxies, a, workdir, log) -> dict:
+    """The ``redirect`` scenario in namespaces of its own (benchmarks/podnet.py): its own
+    upstream (the same nginx configuration) in the node namespace, one pod per proxy. The
+    no-proxy baseline runs in the first pod as uid 1337, which the capture rules exempt:
+    the same veth hop to the same upstream, without the proxy."""
+    why = podnet.usable()
+    if why:
+        log(f"  redirect skipped: {why}")
+        return {"name": sc.name, "title": sc.title, "requests": a.requests_for(sc),
+                "connections": sc.connections, "body_bytes": sc.body_bytes, "runs": [],
+                "rss_bytes": {}, "summary": [{"proxy": "all", "error": why}]}
+    started, names, records, rss = {}, [], [], {}
+    upstream = None
+    notes = [f"Each proxy runs as uid {procs.PROXY_UID} in a pod namespace of its own with "
+             f"meshproxy-iptables REDIRECT rules (`{shlex.join(podnet.CAPTURE)}`); the load "
+             f"generators run as root in that pod and call {SERVICE_VIP}:{SERVICE_PORT}, which "
+             f"exists nowhere; the upstream is the same nginx, in a node namespace across a "
+             f"veth pair. `no-proxy`: the generators as uid {procs.PROXY_UID} (exempt from "
+             f"capture) in a pod, straight to the upstream over the same veth.", ""]
+    with podnet.PodNet() as net:
+        try:
+            root = os.path.join(workdir, "www")
+            upstream = procs.start_nginx(
+                "upstream-node", upstream_conf(podnet.UPSTREAM_PORT, root, net.upstream_ip),
+                a.load_cpus, workdir, netns=net.node)
+            upstream.port = podnet.UPSTREAM_PORT
+            procs.wait_http(upstream.port, "/small", upstream, host=net.upstream_ip,
+                            netns=net.node)
+            started, names, records = start_all(sc, proxies, upstream, a, workdir, log, net)
+            pod0 = next((p.netns for p in started.values()), None) or net.add_pod()
+            baseline = load.Target(upstream.port, net.upstream_ip,
+                                   tuple(procs.in_netns(pod0, [], procs.PROXY_UID)))
+            records += run_phase(measure.closed_run, a.rounds, names, started, sc, upstream,
+                                 a, log, baseline)
+            if a.latency_rounds:
+                records += run_phase(measure.open_run, a.latency_rounds, names, started, sc,
+                                     upstream, a, log, baseline)
+            rss = {n: p.rss() for n, p in started.items()}
+            for n, p in started.items():
+                c = sidecar_counts(p)
+                msg = (f"{n}: {c['service_rq']} requests through {SERVICE_CLUSTER}, "
+                       f"{c['passthrough_cx']} passthrough / {c['blackhole_cx']} blackhole "
+                       f"connections (both should be 0)")
+                log("  " + msg)
+                notes.append(f"- {msg}")
+                if c["passthrough_cx"] or c["blackhole_cx"]:
+                    records.append({"proxy": n, "round": 0, "phase": "check",
+                                    "error": f"unexpected capture: {c}"})
+        finally:
+            for p in started.values():
+                p.stop()
+            if upstream is not None:
+                upstream.stop()
+    return _scenario_result(sc, a, records, names, rss, notes)
+
+
+def _scenario_result(sc, a, records, names, rss, notes=None) -> dict:
     return {"name": sc.name, "title": sc.title, "requests": a.requests_for(sc),
             "connections": sc.connections, "body_bytes": sc.body_bytes, "runs": records,
-            "rss_bytes": rss, "summary": report.summarise(records, names, rss)}
+            "rss_bytes": rss, "summary": report.summarise(records, names, rss),
+            "notes": notes or []}
 
 
 def environment(a) -> dict:
@@ -241,6 +365,19 @@ def headline(result, meshproxies) -> str:
                 f"req/s ×{report._fmt(row['rps_ratio'], 2)}, "
                 f"p50 ×{report._fmt(row['p50_ratio'], 2)}, "
                 f"p99 ×{report._fmt(row['p99_ratio'], 2)}, RSS ×{report._fmt(row['rss_ratio'], 2)}")
+    by_name = {sc["name"]: {r["proxy"]: r for r in sc["summary"] if not r.get("error")}
+               for sc in result["scenarios"]}
+    if "route" in by_name and "redirect" in by_name:
+        # What the sidecar hop adds over a plain listener, per proxy: capture, original
+        # destination, the hand-off between listeners, and the veth instead of loopback.
+        deltas = []
+        for p in ["envoy", *meshproxies]:
+            a, b = by_name["route"].get(p), by_name["redirect"].get(p)
+            if a and b and a.get("cpu_us") is not None and b.get("cpu_us") is not None:
+                deltas.append(f"{p} {b['cpu_us'] - a['cpu_us']:+.1f}")
+        if deltas:
+            lines.append("- **redirect − route** (CPU µs per request the intercepted hop adds, "
+                         "medians of the two scenarios): " + ", ".join(deltas))
     return "\n".join(lines)
 
 
@@ -255,6 +392,11 @@ def main(argv=None) -> int:
 
     def log(msg):
         print(msg, flush=True)
+
+    def terminated(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")   # unwind: stop processes, delete netns
+
+    signal.signal(signal.SIGTERM, terminated)
 
     result = {"started": stamp, "command": "python -m benchmarks.run " + shlex.join(argv),
               "rounds": a.rounds, "latency_rounds": a.latency_rounds, "rate": a.rate,
@@ -276,6 +418,7 @@ def main(argv=None) -> int:
     finally:
         for p in list(procs.RUNNING):   # whatever an interrupted run left behind
             p.stop()
+        podnet.close_all()
     result["headline"] = headline(result, list(a.variants))
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(result, f, indent=1)

@@ -2,7 +2,8 @@
 plus the nginx and HAProxy configurations that do the same job where those can.
 
 The upstream is one nginx worker serving fixed bodies from memory-mapped files; see
-``upstream_conf``. Every proxy's listener is called "bench".
+``upstream_conf``. Every proxy's listener is called "bench", except in ``redirect``, whose
+bootstrap is sidecar-shaped (Istio's listener names; see ``redirect_bootstrap``).
 """
 
 from __future__ import annotations
@@ -43,11 +44,14 @@ class Scenario:
     title: str
     path: str                 # request path the load generators use
     body_bytes: int           # response body size, for MB/s
-    kind: str                 # "http", "direct" (no upstream) or "tcp"
+    kind: str                 # "http", "direct" (no upstream), "tcp", or "redirect" (http
+                              # from an app in a pod namespace, captured by iptables)
     requests: int             # closed-loop request count per run (scaled by --scale)
     connections: int = 32
 
-    def envoy_bootstrap(self, upstream_port: int) -> dict:
+    def envoy_bootstrap(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> dict:
+        if self.kind == "redirect":
+            return redirect_bootstrap(upstream_host, upstream_port)
         if self.kind == "tcp":
             return _bootstrap(_tcp_listener(), [_cluster(upstream_port)])
         if self.kind == "direct":
@@ -61,6 +65,8 @@ class Scenario:
         return _bootstrap(_http_listener([route]), [_cluster(upstream_port)])
 
     def nginx_conf(self, listen_port: int, upstream_port: int) -> str | None:
+        if self.kind == "redirect":
+            return None   # no SO_ORIGINAL_DST listener in nginx
         if self.kind == "tcp":
             return None   # Debian's nginx-light has no stream module
         if self.kind == "direct":
@@ -71,7 +77,9 @@ class Scenario:
                    'proxy_set_header Connection "";')
         return NGINX_PROXY.format(port=listen_port, upstream=upstream_port, location=loc)
 
-    def haproxy_conf(self, listen_port: int, upstream_port: int) -> str:
+    def haproxy_conf(self, listen_port: int, upstream_port: int) -> str | None:
+        if self.kind == "redirect":
+            return None   # not compared here: the job is Istio's virtual outbound listener
         if self.kind == "tcp":
             return HAPROXY_TCP.format(port=listen_port, upstream=upstream_port)
         if self.kind == "direct":
@@ -93,7 +101,66 @@ SCENARIOS = {s.name: s for s in (
              "http", 25000),
     Scenario("tcp", "tcp_proxy, 64 KiB HTTP responses carried as bytes", "/64k", LARGE_BODY,
              "tcp", 40000),
+    Scenario("redirect", "as route, but the app calls a service VIP from a pod namespace and "
+             "iptables REDIRECT (meshproxy-iptables -u 1337) takes it to 15001", "/small",
+             SMALL_BODY, "redirect", 40000),
 )}
+
+# ---------------------------------------------------------------------- redirect (sidecar)
+
+SERVICE_VIP = "10.96.0.10"   # what the app calls; an address that exists nowhere
+SERVICE_PORT = 80
+SERVICE_CLUSTER = "outbound|80||svc.bench"
+_ORIGINAL_DST = {"name": "envoy.filters.listener.original_dst", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}
+
+
+def redirect_bootstrap(upstream_host: str, upstream_port: int) -> dict:
+    """What istiod gives a sidecar for one HTTP service, reduced to the path a request takes:
+    ``virtualOutbound`` on 0.0.0.0:15001 (``use_original_dst``, the ``original_dst`` listener
+    filter, Istio's BlackHole chain for connections to 15001 itself and PassthroughCluster for
+    the rest) hands each connection to ``0.0.0.0_80`` (``bind_to_port: false``), whose HTTP
+    connection manager routes as ``route`` does: Istio's retry policy, a STATIC cluster with
+    Istio's circuit breakers. The proxy runs as uid 1337 in the pod namespace."""
+    sa = lambda ip, port: {"socket_address": {"address": ip, "port_value": port}}  # noqa: E731
+    tcp = lambda cluster, match=None: dict(  # noqa: E731
+        {"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                      "typed_config": {"@type": _TCP, "stat_prefix": cluster,
+                                       "cluster": cluster}}]},
+        **({"filter_chain_match": match} if match else {}))
+    route = {"match": {"prefix": "/"},
+             "route": {"cluster": SERVICE_CLUSTER, "timeout": "0s",
+                       "retry_policy": ISTIO_RETRY_POLICY, "max_grpc_timeout": "0s"}}
+    hcm = {"@type": _HCM, "stat_prefix": "outbound_0.0.0.0_80",
+           "route_config": {"name": "80", "virtual_hosts": [
+               {"name": "svc.bench:80", "domains": ["*"], "routes": [route]}]},
+           "http_filters": [{"name": "envoy.filters.http.router",
+                             "typed_config": {"@type": _ROUTER}}]}
+    cluster = _cluster(upstream_port, upstream_host)
+    cluster["name"] = cluster["load_assignment"]["cluster_name"] = SERVICE_CLUSTER
+    return {
+        "admin": {"address": sa("127.0.0.1", 0)},
+        "static_resources": {
+            "listeners": [
+                {"name": "virtualOutbound", "address": sa("0.0.0.0", 15001),
+                 "use_original_dst": True, "listener_filters": [_ORIGINAL_DST],
+                 "traffic_direction": "OUTBOUND",
+                 "filter_chains": [tcp("BlackHoleCluster", {"destination_port": 15001}),
+                                   tcp("PassthroughCluster")]},
+                {"name": "0.0.0.0_80", "address": sa("0.0.0.0", SERVICE_PORT),
+                 "bind_to_port": False, "traffic_direction": "OUTBOUND",
+                 "filter_chains": [{"filters": [{
+                     "name": "envoy.filters.network.http_connection_manager",
+                     "typed_config": hcm}]}]},
+            ],
+            "clusters": [
+                {"name": "PassthroughCluster", "type": "ORIGINAL_DST",
+                 "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "10s"},
+                {"name": "BlackHoleCluster", "type": "STATIC", "connect_timeout": "10s"},
+                cluster,
+            ],
+        },
+    }
 
 
 def _bootstrap(listener: dict, clusters: list) -> dict:
@@ -125,12 +192,12 @@ def _listener(network_filter: dict) -> dict:
             "filter_chains": [{"filters": [network_filter]}]}
 
 
-def _cluster(port: int) -> dict:
+def _cluster(port: int, host: str = "127.0.0.1") -> dict:
     return {"name": "upstream", "type": "STATIC", "connect_timeout": "10s",
             "lb_policy": "ROUND_ROBIN", "circuit_breakers": ISTIO_CIRCUIT_BREAKERS,
             "load_assignment": {"cluster_name": "upstream", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": port}}}}]}]}}
+                    "address": host, "port_value": port}}}}]}]}}
 
 
 # ---------------------------------------------------------------------- nginx and HAProxy
@@ -168,7 +235,7 @@ UPSTREAM_NGINX = _NGINX_HEAD + """
     open_file_cache_valid 3600s;
     etag off;
     server {{
-        listen 127.0.0.1:{port} reuseport;
+        listen {addr}:{port} reuseport;
         root {root};
         location / {{ default_type text/plain; }}
     }}
@@ -201,8 +268,8 @@ backend up
 """
 
 
-def upstream_conf(port: int, root: str) -> str:
-    return UPSTREAM_NGINX.format(port=port, root=root)
+def upstream_conf(port: int, root: str, addr: str = "127.0.0.1") -> str:
+    return UPSTREAM_NGINX.format(port=port, root=root, addr=addr)
 
 
 def write_upstream_files(root: str) -> None:

@@ -59,9 +59,14 @@ def serve(s, port):
         body = ("%d %s %s %s from=%s" % (port, method, host, path, who(peer))).encode()
         c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
         c.close()
+def listen(port):
+    try:
+        return socket.create_server(("::", port), family=socket.AF_INET6, backlog=64,
+                                    dualstack_ipv6=True)
+    except OSError:   # a kernel without IPv6
+        return socket.create_server(("0.0.0.0", port), backlog=64)
 for port in ports:
-    s = socket.create_server(("::", port), family=socket.AF_INET6, backlog=64,
-                             dualstack_ipv6=True)
+    s = listen(port)
     threading.Thread(target=serve, args=(s, port), daemon=True).start()
 print("ready", flush=True)
 threading.Event().wait()
@@ -79,8 +84,11 @@ def serve(c, peer):
             break
         c.sendall(d)
     c.close()
-s = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6, backlog=64,
-                         dualstack_ipv6=True)
+try:
+    s = socket.create_server(("::", int(sys.argv[1])), family=socket.AF_INET6, backlog=64,
+                             dualstack_ipv6=True)
+except OSError:   # a kernel without IPv6
+    s = socket.create_server(("0.0.0.0", int(sys.argv[1])), backlog=64)
 print("ready", flush=True)
 while True:
     c, peer = s.accept()
