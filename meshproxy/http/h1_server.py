@@ -92,10 +92,19 @@ class H1ServerBase(RequestHeadReader):
     # event routing (pipelining) -------------------------------------------
 
     def deliver_headers(self, req, end_stream) -> None:
-        if self.backlog is None:
-            self._headers_event(req, end_stream)
-        else:
+        if self.backlog is not None:
             self.backlog.append((_HEADERS, req, end_stream))
+            return
+        # _headers_event, inline: once per request
+        s = self.decoding
+        if s is None:
+            s = self._begin()
+        self.head_request = req.method == b"HEAD"
+        self.http10 = req.version == b"1.0"
+        s.request_headers_end_stream = end_stream
+        if end_stream:
+            self.decoding = None
+        s.decode_headers(req, end_stream)
 
     def _emit(self, kind, payload, end_stream):
         if self.backlog is not None:

@@ -25,6 +25,7 @@ _DATE_CACHE = [0, b""]
 
 
 def date_value() -> bytes:
+    # (inlined in _set_date_server; keep the two in step)
     now = int(time.time())
     if _DATE_CACHE[0] != now:
         _DATE_CACHE[0] = now
@@ -37,7 +38,11 @@ def _set_date_server(resp, transform: str, server: bytes) -> None:
     an upstream header in place, as Envoy's header map does."""
     h = resp.headers
     names = list(map(_first, h))    # the scans below run in C
-    date = date_value()
+    now = int(time.time())
+    if _DATE_CACHE[0] == now:
+        date = _DATE_CACHE[1]
+    else:
+        date = date_value()
     nd = names.count(b"date")
     if nd == 1:
         h[names.index(b"date")] = (b"date", date)
@@ -136,7 +141,9 @@ class ActiveStream:
                 stats.downstream_cx_max_requests_reached += 1
                 self.close_connection = True
         if end_stream:
-            self._on_request_complete()
+            self.request_complete = True      # _on_request_complete, inline
+            self.request_complete_time = self.hcm.loop.time()
+            self.request_deadline = None
         # Envoy's HCM checks (ConnectionManagerImpl::ActiveStream::decodeHeaders)
         if req.upgrade is not None and not self._upgrade_allowed(req):
             stats.downstream_rq_ws_on_non_ws_route += 1
@@ -343,7 +350,11 @@ class ActiveStream:
             self.idle_deadline = self.hcm.loop.time() + self.config.stream_idle_timeout
         self.codec.encode_data(self, data, end_stream)
         if end_stream:
-            self._on_response_complete()
+            if self.request_complete:
+                self.response_complete = True     # _on_response_complete, inline
+                self._finish()
+            else:
+                self._on_response_complete()
 
     def encode_trailers(self, trailers) -> None:
         self.codec.encode_trailers(self, trailers)

@@ -302,13 +302,20 @@ class RouteTable:
         return self.default
 
     def route(self, req):
-        if self.vhost_header is None:
+        if self.only_default:
+            vh = self.default
+        elif self.vhost_header is None:
             vh = self.find_vhost(req.authority)
         else:
             vh = self.find_vhost(req.get_pseudo_or_header(self.vhost_header))
         if vh is None:
             return None
-        return vh.route(req)
+        if vh.needs_random:
+            return vh.route(req)
+        for r in vh.routes:      # VirtualHost.route without runtime fractions, inline
+            if r.match.matches(req, 0):
+                return r
+        return None
 
     def __repr__(self):
         return f"<RouteTable {self.name!r} {len(self.vhosts)} vhosts>"

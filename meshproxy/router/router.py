@@ -109,7 +109,7 @@ class Router:
         if end_stream:
             self.request_done = True
         self._start_attempt()
-        if end_stream and self.upstream is not None:
+        if end_stream and self.upstream is not None and (self.timeout or self.per_try):
             self._on_request_complete()
 
     def _finalize_request(self, req, action) -> None:
@@ -163,7 +163,8 @@ class Router:
             self.retry_policy = policy
         self.host_rewritten = finalize_request_headers(req, self.route, self.weighted, stream,
                                                        keep)
-        self._set_timeout_header(req, 0.0, hedge)
+        if timeout or per_try:
+            self._set_timeout_header(req, 0.0, hedge)
 
     def _set_timeout_header(self, req, elapsed: float, hedge: bool = False) -> None:
         """``FilterUtility::setTimeoutHeaders``: the per-try timeout if set (and not hedging),
@@ -307,7 +308,8 @@ class Router:
                 retry.should_retry(False)
             retry.release()
             self.retry = None
-        self._cancel_per_try()
+        if self.per_try_handle is not None:
+            self._cancel_per_try()
         self.cluster.charge(status, self.internal)
         hs = upstream.host.stats
         if status >= 500 and status < 600:
