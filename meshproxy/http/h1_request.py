@@ -119,7 +119,8 @@ class RequestHeadReader:
             sp.cl = value
             self._headers.append((name, value))
         elif name == b"connection":
-            toks = [t.strip().lower() for t in value.split(b",")]
+            # tokens (RFC 9110 §5.6.2) carry no inner spaces: drop them all at once
+            toks = value.lower().translate(None, b" \t").split(b",")
             sp.tokens = toks if sp.tokens is None else sp.tokens + toks
         elif name == b"transfer-encoding":
             sp.te = value if sp.te is None else sp.te + b"," + value

@@ -268,7 +268,8 @@ class UpstreamH1Connection(asyncio.Protocol):
                     except ValueError:
                         content_length = -2
                 elif name == b"connection":
-                    tokens = tokens + tuple(t.strip().lower() for t in value.split(b","))
+                    # tokens (RFC 9110 §5.6.2) carry no inner spaces: drop them all at once
+                    tokens = tokens + tuple(value.lower().translate(None, b" \t").split(b","))
                     continue
                 elif name == b"transfer-encoding":
                     te = value if te is None else te + b"," + value
