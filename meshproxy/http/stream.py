@@ -108,8 +108,9 @@ class ActiveStream:
         stats.downstream_rq_active += 1
         timer = hcm.timer
         if cfg.stream_idle_timeout:
-            self.idle_deadline = now + cfg.stream_idle_timeout
-            timer.schedule(self.idle_deadline)
+            d = self.idle_deadline = now + cfg.stream_idle_timeout
+            if timer.when is None or d < timer.when:   # LazyTimer.schedule's own test, inline
+                timer.schedule(d)
         if cfg.request_timeout:
             self.request_deadline = now + cfg.request_timeout
             timer.schedule(self.request_deadline)

@@ -45,6 +45,9 @@ BUFFER_LIMIT_REPLY = local_reply.Reply(507, b"exceeded request buffer limit whil
                                                              "buffer_limit")
 
 
+_SMALL_INTS = tuple(b"%d" % i for i in range(1000))   # formatting costs more than a lookup
+
+
 def _ms(seconds: float) -> int:
     return int(round(seconds * 1000))
 
@@ -320,7 +323,8 @@ class Router:
             stream.response_flags = self.extra_flag
         if not stream.config.suppress_envoy_headers and stream.request_complete:
             ms = int((stream.hcm.loop.time() - stream.request_complete_time) * 1000)
-            resp.headers.append((_SERVICE_TIME_HDR, b"%d" % ms))
+            resp.headers.append((_SERVICE_TIME_HDR,
+                                 _SMALL_INTS[ms] if ms < 1000 else b"%d" % ms))
         stream.apply_route_response_mutations(resp, self.weighted)
         if end_stream:
             stream.route_deadline = None
