@@ -1,0 +1,96 @@
+"""Instructions per request of meshproxy's Python hot path, counted by callgrind: a stable A/B
+metric when timings are too noisy (a shared machine, other work running).
+
+    python -m benchmarks.instructions                  # this tree
+    python -m benchmarks.instructions --src /tmp/wt    # another checkout (git worktree add ...)
+
+It runs ``benchmarks.micro``'s objects (scenario "route": fake transports, no syscalls) under
+``valgrind --tool=callgrind`` for two request counts and reports
+(Ir(large) - Ir(small)) / (large - small). Only the request loop is counted: it runs inside
+``exec`` and callgrind collects only there (``--toggle-collect=builtin_exec``), because start-up
+and config building vary by a few percent from run to run (import caches refresh when files
+change). Repeated runs agree to about 0.1 %. Needs valgrind and a python that is not a shell
+shim (pyenv's shims are scripts; the real interpreter is ``sys.executable``'s target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+
+def _loop(n: int) -> None:
+    import asyncio
+    import gc
+
+    import uvloop
+    asyncio.set_event_loop(uvloop.new_event_loop())
+    from benchmarks import micro
+    from meshproxy.network.batch import batch_for
+    from meshproxy.network.connection import DownstreamConnection
+
+    micro.run("route", 50)
+    ctx, listener = micro.build("route")
+    batch = batch_for(ctx.loop)
+    up = micro.upstream_connection(ctx)
+    down_t = micro.FakeTransport(("127.0.0.1", 50000), ("127.0.0.1", 10000))
+    conn = DownstreamConnection(listener)
+    conn.connection_made(down_t)
+
+    def requests(count):
+        for _ in range(count):
+            conn.data_received(micro.REQUEST)
+            batch.flush_all()
+            up.transport.written.clear()
+            up.data_received(micro.RESPONSE)
+            batch.flush_all()
+            down_t.written.clear()
+
+    requests(100)
+    gc.collect()
+    gc.freeze()
+    exec("requests(n)", {"requests": requests, "n": n})   # the only part callgrind counts
+    assert up.requests == 100 + n, "the upstream did not see every request"
+
+
+def _count(python: str, src: str, n: int) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "callgrind.out")
+        env = dict(os.environ, PYTHONPATH=src, PYTHONHASHSEED="0")
+        r = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no",
+                            "--toggle-collect=builtin_exec", f"--callgrind-out-file={out}",
+                            python, "-m", "benchmarks.instructions", "--run", str(n)],
+                           cwd=src, env=env, capture_output=True, text=True, check=False)
+        m = re.search(r"Collected : (\d+)", r.stderr)
+        if r.returncode != 0 or m is None:
+            raise SystemExit(f"callgrind run failed:\n{r.stderr[-2000:]}")
+        return int(m.group(1))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--src", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    help="checkout whose meshproxy (and benchmarks) to measure")
+    ap.add_argument("--small", type=int, default=300)
+    ap.add_argument("--large", type=int, default=3300)
+    ap.add_argument("--run", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.run is not None:
+        _loop(args.run)
+        return 0
+    python = os.path.realpath(sys.executable)
+    subprocess.run([python, "-m", "compileall", "-q", os.path.join(args.src, "meshproxy")],
+                   capture_output=True, check=False)
+    a = _count(python, args.src, args.small)
+    b = _count(python, args.src, args.large)
+    print(f"{(b - a) / (args.large - args.small):,.0f} instructions/request "
+          f"(route, Python hot path; {args.src})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
