@@ -13,7 +13,7 @@ from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
 from meshproxy.listener.chain_match import FilterChainMatcher
-from meshproxy.listener.listener_filters import ORIGINAL_DST, build_listener_filters
+from meshproxy.listener.listener_filters import build_listener_filters
 from meshproxy.stats import stat_block
 from meshproxy.upstream.cluster_config import socket_address
 
@@ -68,7 +68,7 @@ class ListenerConfig:
     __slots__ = ("name", "address", "unix", "stat_name", "chains", "default_chain", "buffer_limit",
                  "bind_to_port", "reuse_port", "backlog", "traffic_direction", "transparent",
                  "freebind", "ipv4_compat", "matcher", "listener_filters", "use_original_dst",
-                 "filters_timeout", "continue_on_timeout", "restores_original_dst", "proto")
+                 "filters_timeout", "continue_on_timeout", "proto")
 
     def __init__(self, **kw):
         for n in self.__slots__:
@@ -84,11 +84,6 @@ class ListenerConfig:
             return self.chains[0] if self.chains else self.default_chain
         chain = m.select(info)
         return chain if chain is not None else self.default_chain
-
-    def inspectors_for(self, dst_port: int) -> tuple:
-        """The inspecting listener filters active for this destination port, in order."""
-        return tuple(f.kind for f in self.listener_filters
-                     if f.kind != ORIGINAL_DST and f.active_for(dst_port))
 
     def all_chains(self):
         out = list(self.chains)
@@ -188,7 +183,6 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
         default_chain=default,
         matcher=matcher,
         listener_filters=listener_filters,
-        restores_original_dst=any(f.kind == ORIGINAL_DST for f in listener_filters),
         use_original_dst=wrapped(lst, "use_original_dst", False),
         filters_timeout=duration(lst, "listener_filters_timeout", 15.0),
         continue_on_timeout=lst.continue_on_listener_filters_timeout,

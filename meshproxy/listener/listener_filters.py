@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, type_name_of, unpack_any
+from meshproxy.listener.http_inspect import MAX_INSPECT
+from meshproxy.listener.tls_inspect import MAX_CLIENT_HELLO
 
 ORIGINAL_DST = "original_dst"
 TLS_INSPECTOR = "tls_inspector"
@@ -72,11 +74,16 @@ def build_predicate(p, path: str) -> Predicate:
 
 
 class ListenerFilter:
-    __slots__ = ("kind", "disabled")
+    """``max_read``: how many bytes the filter may look at (0: it needs none); ``close_on_error``:
+    tls_inspector's ``close_connection_on_client_hello_parsing_errors``."""
 
-    def __init__(self, kind, disabled):
+    __slots__ = ("kind", "disabled", "max_read", "close_on_error")
+
+    def __init__(self, kind, disabled, max_read=0, close_on_error=False):
         self.kind = kind
         self.disabled = disabled
+        self.max_read = max_read
+        self.close_on_error = close_on_error
 
     def active_for(self, dst_port: int) -> bool:
         return self.disabled is None or not self.disabled.matches(dst_port)
@@ -101,5 +108,30 @@ def build_listener_filters(filters, path: str) -> tuple:
             raise ConfigError(fpath, f"listener filter '{lf.name}' is not supported by meshproxy")
         disabled = build_predicate(lf.filter_disabled, join(fpath, "filter_disabled")) \
             if lf.HasField("filter_disabled") else None
-        out.append(ListenerFilter(kind, disabled))
+        f = ListenerFilter(kind, disabled)
+        if kind == TLS_INSPECTOR:
+            _tls_options(f, typed if lf.HasField("typed_config") else None,
+                         join(fpath, "typed_config"))
+        elif kind == HTTP_INSPECTOR:
+            f.max_read = MAX_INSPECT
+        out.append(f)
     return tuple(out)
+
+
+def _tls_options(f: ListenerFilter, typed, path: str) -> None:
+    """TlsInspector fields, with the ranges Envoy 1.40 validates (tls_inspector.proto)."""
+    f.max_read = MAX_CLIENT_HELLO
+    if typed is None or isinstance(typed, UnknownExtension):
+        return
+    if typed.HasField("max_client_hello_size"):
+        v = typed.max_client_hello_size.value
+        if not 255 < v <= MAX_CLIENT_HELLO:
+            raise ConfigError(join(path, "max_client_hello_size"),
+                              f"value must be inside range (255, {MAX_CLIENT_HELLO}]")
+        f.max_read = v
+    if typed.HasField("initial_read_buffer_size"):
+        v = typed.initial_read_buffer_size.value
+        if not 255 < v < 65537:
+            raise ConfigError(join(path, "initial_read_buffer_size"),
+                              "value must be inside range (255, 65537)")
+    f.close_on_error = typed.close_connection_on_client_hello_parsing_errors

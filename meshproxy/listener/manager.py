@@ -46,6 +46,8 @@ class ActiveListener:
         self.draining = False
 
     def on_connection_open(self, conn) -> None:
+        """A filter chain was chosen: Envoy's ``ActiveTcpConnection`` (sockets still in the
+        listener-filter stage, or closed there, are not connections in its stats)."""
         self.connections.add(conn)
         st = self.stats
         st.downstream_cx_total += 1
@@ -59,6 +61,9 @@ class ActiveListener:
 
     def on_connection_close(self, conn) -> None:
         self.connections.discard(conn)
+        if not conn.counted:
+            return
+        conn.counted = False
         st = self.stats
         st.downstream_cx_active -= 1
         st.downstream_cx_destroy += 1

@@ -1,11 +1,9 @@
 """The downstream connection: the only layer that touches an accepted socket.
 
-On accept it runs the listener's listener filters: ``original_dst`` restores the destination
-that iptables rewrote, a ``use_original_dst`` listener hands the connection to the listener of
-that destination (Envoy: exact ``IP:port``, else ``0.0.0.0:port``, else it stays), and the
-inspectors (``tls_inspector``, ``http_inspector``) read the first bytes — kept and replayed to
-the chosen filter — until they can decide, or ``listener_filters_timeout`` passes. Then the
-filter chain is selected and its network filter created.
+On accept, a listener with listener filters runs them first (``listener.pre_connection``,
+Envoy's ``ActiveTcpSocket``: ``original_dst``, the inspectors, the timeout, the hand-off of a
+``use_original_dst`` listener); then the filter chain is selected and its network filter
+created, and only then is it a connection in the listener's stats (``downstream_cx_total``).
 
 Afterwards it turns transport callbacks into calls on the network filter (``on_data``,
 ``on_close``, ``on_write_paused``) and gives filters ``write``, ``close`` and
@@ -21,11 +19,9 @@ import logging
 import socket
 import struct
 
-from meshproxy.listener import inspectors
-from meshproxy.network.batch import BatchedWriter, batch_for
 from meshproxy.listener.chain_match import conn_info
-from meshproxy.listener.listener_filters import HTTP_INSPECTOR, TLS_INSPECTOR
-from meshproxy.network.original_dst import original_dst
+from meshproxy.listener.pre_connection import PreConnection
+from meshproxy.network.batch import BatchedWriter, batch_for
 
 log = logging.getLogger("meshproxy.connection")
 
@@ -45,9 +41,8 @@ def reset_transport(transport) -> None:
 
 class DownstreamConnection(asyncio.Protocol):
     __slots__ = ("listener", "transport", "filter", "remote_address", "local_address",
-                 "read_disabled", "closed", "close_reason", "write_paused", "id", "pending",
-                 "inspect", "server_name", "transport_protocol", "alpn", "inspect_timer",
-                 "filter_chain", "out")
+                 "read_disabled", "closed", "close_reason", "write_paused", "id", "pre",
+                 "filter_chain", "out", "counted")
 
     _next_id = 0
 
@@ -62,13 +57,9 @@ class DownstreamConnection(asyncio.Protocol):
         self.closed = False
         self.close_reason = None
         self.write_paused = False
-        self.pending = None          # bytes read while listener filters inspect
-        self.inspect = ()            # inspectors still undecided
-        self.server_name = ""
-        self.transport_protocol = ""
-        self.alpn = ()
-        self.inspect_timer = None
+        self.pre = None              # listener.pre_connection.PreConnection while filters run
         self.out = None
+        self.counted = False         # a filter chain was chosen: a connection in Envoy's stats
         DownstreamConnection._next_id += 1
         self.id = DownstreamConnection._next_id
 
@@ -80,120 +71,77 @@ class DownstreamConnection(asyncio.Protocol):
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         listener = self.listener
-        cfg = listener.config
-        if cfg.restores_original_dst:
-            sock = transport.get_extra_info("socket")
-            od = original_dst(sock) if sock is not None else None
-            if od is not None:
-                self.local_address = od
-        if cfg.use_original_dst:
-            target = listener.ctx.listener_manager.find_handoff(self.local_address, listener)
-            if target is not None:
-                # Envoy counts the connection on the listener that serves it.
-                self.listener = listener = target
-                cfg = target.config
-        limit = cfg.buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 2)
-        listener.on_connection_open(self)
-        dst_port = self.local_address[1] if isinstance(self.local_address, tuple) else 0
-        self.inspect = cfg.inspectors_for(dst_port) if cfg.listener_filters else ()
-        if self.inspect:
-            self.pending = bytearray()
-            listener.stats.downstream_pre_cx_active += 1
-            self.inspect_timer = listener.ctx.loop.call_later(cfg.filters_timeout,
-                                                              self._inspect_timeout)
-            return
-        self._start_filter_chain()
+        listener.connections.add(self)
+        if listener.config.listener_filters:
+            PreConnection(self, listener).start()
+        else:
+            self.start_chain(None)
 
-    def _start_filter_chain(self) -> None:
+    def start_chain(self, pre) -> None:
+        """Pick the filter chain (after the listener filters, ``pre``) and create its network
+        filter; the bytes the inspectors read are its first data."""
         listener = self.listener
         cfg = listener.config
         info = None
         if cfg.matcher is not None:
-            info = conn_info(self.local_address, self.remote_address, self.server_name,
-                             self.transport_protocol, self.alpn)
+            if pre is None:
+                info = conn_info(self.local_address, self.remote_address)
+            else:
+                info = conn_info(self.local_address, self.remote_address,
+                                 pre.server_name.lower(), pre.transport_protocol, pre.alpn)
         chain = cfg.select_filter_chain(info)
+        lost = pre is not None and pre.lost
         if chain is None:
-            # Envoy: no filter chain matched -> close (listener.<x>.no_filter_chain_match).
+            # Envoy: no filter chain matched -> close (listener.<x>.no_filter_chain_match);
+            # the socket closes with the inspected bytes unread, so the client sees an RST.
             listener.stats.no_filter_chain_match += 1
-            self.close(flush=False)
+            if lost:
+                self.release()
+            else:
+                self.abort(rst=pre is not None and bool(pre.data))
             return
+        limit = cfg.buffer_limit
+        if not lost:
+            self.transport.set_write_buffer_limits(high=limit, low=limit // 2)
         self.filter_chain = chain
+        self.counted = True
+        listener.on_connection_open(self)
         self.filter = chain.create_filter(self)
-        pending = self.pending
-        self.pending = None
-        if pending and self.filter is not None and not self.closed:
-            self.filter.on_data(bytes(pending), False)
+        data = pre.data if pre is not None else None
+        if data and self.filter is not None and (lost or not self.closed):
+            self.filter.on_data(bytes(data), False)
+        if lost:
+            # The client reset the connection while Envoy was still peeking: the connection
+            # it creates on the timeout sees the reset at once.
+            listener.ctx.loop.call_soon(self._lost_after_chain)
 
-    def _run_inspectors(self) -> None:
-        data = bytes(self.pending)
-        while self.inspect:
-            kind = self.inspect[0]
-            if kind == TLS_INSPECTOR:
-                r = inspectors.inspect_tls(data)
-                if r is inspectors.NEED_MORE:
-                    return
-                stats = self.listener.ctx.inspector_stats
-                if r.too_large:
-                    stats.tls_inspector__client_hello_too_large += 1
-                    return self._abandon()
-                if r.is_tls:
-                    stats.tls_inspector__tls_found += 1
-                    self.transport_protocol = "tls"
-                    self.server_name = r.server_name
-                    self.alpn = r.alpn
-                    stats.tls_inspector__sni_found += bool(r.server_name)
-                    stats.tls_inspector__sni_not_found += not r.server_name
-                    stats.tls_inspector__alpn_found += bool(r.alpn)
-                    stats.tls_inspector__alpn_not_found += not r.alpn
-                else:
-                    stats.tls_inspector__tls_not_found += 1
-            elif kind == HTTP_INSPECTOR:
-                stats = self.listener.ctx.inspector_stats
-                if self.transport_protocol == "tls":
-                    pass  # Envoy's http_inspector leaves TLS connections alone
-                else:
-                    r = inspectors.inspect_http(data)
-                    if r is inspectors.NEED_MORE:
-                        return
-                    if r is None:
-                        stats.http_inspector__http_not_found += 1
-                    else:
-                        self.alpn = (r,)
-                        if r == "h2c":
-                            stats.http_inspector__http2_found += 1
-                        elif r == "http/1.0":
-                            stats.http_inspector__http10_found += 1
-                        else:
-                            stats.http_inspector__http11_found += 1
-            self.inspect = self.inspect[1:]
-        self._inspection_done()
+    def _lost_after_chain(self) -> None:
+        f = self.filter
+        self.filter = None
+        if f is not None:
+            f.on_close("reset")
+        self.release()
 
-    def _inspection_done(self) -> None:
-        if self.inspect_timer is not None:
-            self.inspect_timer.cancel()
-            self.inspect_timer = None
-        self.inspect = ()
-        self.listener.stats.downstream_pre_cx_active -= 1
-        self._start_filter_chain()
+    def move_to(self, listener) -> None:
+        """Hand-off to the listener of the restored destination (``use_original_dst``)."""
+        self.listener.connections.discard(self)
+        self.listener = listener
+        listener.connections.add(self)
 
-    def _inspect_timeout(self) -> None:
-        self.inspect_timer = None
-        if not self.inspect or self.closed:
+    def abort(self, rst: bool) -> None:
+        """Close during the listener-filter stage: RST when bytes were read (Envoy never
+        consumed them), else FIN."""
+        if self.closed or self.transport is None:
             return
-        self.listener.stats.downstream_pre_cx_timeout += 1
-        if self.listener.config.continue_on_timeout:
-            self._inspection_done()
+        self.close_reason = "local"
+        if rst:
+            reset_transport(self.transport)
         else:
-            self._abandon()
+            self.transport.abort()
 
-    def _abandon(self) -> None:
-        self.inspect = ()
-        if self.inspect_timer is not None:
-            self.inspect_timer.cancel()
-            self.inspect_timer = None
-        self.listener.stats.downstream_pre_cx_active -= 1
-        self.close(flush=False)
+    def release(self) -> None:
+        """Forget a connection whose transport is already gone."""
+        self.listener.on_connection_close(self)
 
     # ---------------------------------------------------------------- transport callbacks
 
@@ -204,9 +152,8 @@ class DownstreamConnection(asyncio.Protocol):
             f = self.filter
             if f is not None:
                 f.on_data(data, False)
-            elif self.inspect:
-                self.pending += data
-                self._run_inspectors()
+            elif self.pre is not None:
+                self.pre.on_data(data)
         finally:
             b.depth -= 1
             if not b.depth and b.pending:
@@ -216,22 +163,18 @@ class DownstreamConnection(asyncio.Protocol):
         f = self.filter
         if f is not None:
             return f.on_data(b"", True)
-        if self.inspect:
+        if self.pre is not None:
             # The peer gave up before the listener filters could decide.
-            self.listener.stats.downstream_listener_filter_remote_close += 1
-            self._abandon()
+            self.pre.on_eof()
         return False
 
     def connection_lost(self, exc):
         self.closed = True
         if self.close_reason is None:
             self.close_reason = "reset" if isinstance(exc, ConnectionResetError) else "remote"
-        if self.inspect_timer is not None:
-            self.inspect_timer.cancel()
-            self.inspect_timer = None
-            if self.inspect:
-                self.inspect = ()
-                self.listener.stats.downstream_pre_cx_active -= 1
+        if self.pre is not None:
+            self.pre.on_lost(exc)
+            return
         f = self.filter
         self.filter = None
         if f is not None:
