@@ -95,7 +95,6 @@ class H1ServerBase(RequestHeadReader):
         if self.backlog is not None:
             self.backlog.append((_HEADERS, req, end_stream))
             return
-        # _headers_event, inline: once per request
         s = self.decoding
         if s is None:
             s = self._begin()
@@ -118,7 +117,7 @@ class H1ServerBase(RequestHeadReader):
                 return
             self._begin()
         elif kind == _HEADERS:
-            self._headers_event(payload, end_stream)
+            self.deliver_headers(payload, end_stream)   # backlog is None here
         elif kind == _DATA:
             s = self.decoding
             if s is not None:
@@ -131,17 +130,6 @@ class H1ServerBase(RequestHeadReader):
                     s.decode_data(b"", True)
         else:
             raise payload
-
-    def _headers_event(self, req, end_stream) -> None:
-        s = self.decoding
-        if s is None:
-            s = self._begin()
-        self.head_request = req.method == b"HEAD"
-        self.http10 = req.version == b"1.0"
-        s.request_headers_end_stream = end_stream
-        if end_stream:
-            self.decoding = None
-        s.decode_headers(req, end_stream)
 
     def _begin(self):
         s = self.callbacks.new_stream()
