@@ -258,6 +258,7 @@ class AdminFilter:
     """Terminal filter of the admin listener's streams: buffers the request, then answers."""
 
     __slots__ = ("stream", "ctx", "method", "path", "content_type", "body", "answered")
+    paused_downstream = False   # never holds the client (the HCM reads this of its filter)
 
     def __init__(self, stream, ctx):
         self.stream = stream

@@ -171,8 +171,9 @@ class HttpConnectionManager:
         mrpc = self.config.max_requests_per_connection
         if mrpc and self.requests_served >= mrpc and not close:
             close = True
-        if stream.router is not None:
-            stream.router.release_flow_control()
+        r = stream.router
+        if r is not None and r.paused_downstream:
+            r.release_flow_control()
         if self.stream is stream:
             self.stream = None
         if close or self.drain_state == 2:

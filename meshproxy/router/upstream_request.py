@@ -30,7 +30,10 @@ class UpstreamRequest:
     def start(self) -> None:
         if self.router.request_done:
             self.end_pending = True
-        self.pool = pool = self.cluster.pool_for(self.host)
+        pool = self.host.pool
+        if pool is None:
+            pool = self.cluster.pool_for(self.host)
+        self.pool = pool
         pool.new_stream(self)
 
     # ------------------------------------------------------------------ pool callbacks
@@ -94,7 +97,10 @@ class UpstreamRequest:
 
     def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
-            self._finish()
+            if self.paused or self.read_paused or self.finished:
+                self._finish()
+            else:
+                self.finished = True        # _finish with nothing held, inline
         self.router.on_upstream_data(self, data, end_stream)
 
     def on_upstream_reset(self, reason: str, conn) -> None:
