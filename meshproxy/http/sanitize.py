@@ -97,7 +97,7 @@ def mutate_request_headers(req, conn, cfg):
     rid = None
     xfcc = False
     for n, v in req.headers:
-        if n[:2] == b"x-":
+        if n[0] == 120 and n[:2] == b"x-":      # 120 = "x": no slice for most names
             if n == _XFP:
                 xfp = v
             elif n == _XRID:

@@ -65,7 +65,7 @@ def _set_date_server(resp, transform: str, server: bytes) -> None:
 
 
 class ActiveStream:
-    __slots__ = ("hcm", "codec", "config", "conn", "request", "route", "router", "start_time",
+    __slots__ = ("hcm", "codec", "config", "conn", "request", "route", "router",
                  "start_mono", "request_complete", "request_complete_time", "response_started",
                  "response_complete", "response_status", "response_flags", "details",
                  "upstream_host", "upstream_cluster_name", "idle_deadline", "request_deadline",
@@ -81,7 +81,6 @@ class ActiveStream:
         self.request = None
         self.route = None
         self.router = None
-        self.start_time = time.time()
         now = self.start_mono = hcm.loop.time()
         self.request_complete = False
         self.request_complete_time = 0.0
@@ -121,6 +120,11 @@ class ActiveStream:
         if cfg.max_stream_duration:
             self.max_deadline = now + cfg.max_stream_duration
             timer.schedule(self.max_deadline)
+
+    @property
+    def start_time(self) -> float:
+        """Wall-clock start (%START_TIME%), derived from the loop clock only when asked."""
+        return time.time() - (self.hcm.loop.time() - self.start_mono)
 
     # ------------------------------------------------------------------ request path
 

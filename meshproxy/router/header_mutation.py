@@ -136,7 +136,7 @@ def _operator(op: str, arg: str | None, path: str):
     if op == "START_TIME":
         return lambda s: time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(s.start_time)).encode()
     if op == "UPSTREAM_CLUSTER":
-        return lambda s: s.upstream_cluster_name or b""
+        return lambda s: s.upstream_cluster_name.encode() if s.upstream_cluster_name else b""
     if op in _KNOWN_EMPTY:
         return lambda s: b""
     raise ConfigError(path, f"Not supported field in StreamInfo: {op}")

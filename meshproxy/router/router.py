@@ -94,7 +94,7 @@ class Router:
                 v = req.get(action.cluster_header)
                 name = v.decode("latin-1") if v else None
         cluster = hcm.cluster_manager.get(name) if name else None
-        stream.upstream_cluster_name = name.encode() if name else None
+        stream.upstream_cluster_name = name or None   # str; encoded where it is printed
         if cluster is None:
             stream.config.stats.no_cluster += 1
             reply = local_reply.CLUSTER_NOT_FOUND

@@ -57,5 +57,5 @@ class FakeStream:
         self.conn = type("C", (), {"remote_address": ("10.0.0.1", 5555),
                                     "local_address": ("10.0.0.2", 80)})()
         self.upstream_host = None
-        self.upstream_cluster_name = b"up"
+        self.upstream_cluster_name = "up"
         self.start_time = 0.0
