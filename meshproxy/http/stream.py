@@ -133,8 +133,9 @@ class ActiveStream:
         stats = cfg.stats
         self.request = req
         self.headers_deadline = None
+        now = self.hcm.loop.time()    # uvloop's clock moves once per loop iteration
         if self.idle_deadline is not None:
-            self.idle_deadline = self.hcm.loop.time() + cfg.stream_idle_timeout
+            self.idle_deadline = now + cfg.stream_idle_timeout
         if not req.keep_alive:
             self.close_connection = True
         mrpc = cfg.max_requests_per_connection
@@ -147,7 +148,7 @@ class ActiveStream:
                 self.close_connection = True
         if end_stream:
             self.request_complete = True      # _on_request_complete, inline
-            self.request_complete_time = self.hcm.loop.time()
+            self.request_complete_time = now
             self.request_deadline = None
         # Envoy's HCM checks (ConnectionManagerImpl::ActiveStream::decodeHeaders)
         if req.upgrade is not None and not self._upgrade_allowed(req):
@@ -296,7 +297,7 @@ class ActiveStream:
         hcm = self.hcm
         self.response_started = True
         self.response_status = resp.status
-        if self.idle_deadline is not None:
+        if self.idle_deadline is not None and not end_stream:   # (_finish clears it)
             self.idle_deadline = hcm.loop.time() + cfg.stream_idle_timeout
         # date and server (ConnectionManagerUtility::mutateResponseHeaders), in one pass
         _set_date_server(resp, cfg.server_transform, cfg.server_name)
@@ -351,7 +352,7 @@ class ActiveStream:
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if data:
             self.bytes_sent += len(data)
-        if self.idle_deadline is not None:
+        if self.idle_deadline is not None and not end_stream:   # (_finish clears it)
             self.idle_deadline = self.hcm.loop.time() + self.config.stream_idle_timeout
         self.codec.encode_data(self, data, end_stream)
         if end_stream:
