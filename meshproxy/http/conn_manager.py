@@ -64,7 +64,8 @@ class HttpConnectionManager:
         self.lstats = lstats if lstats is not None else ListenerHttpStats()
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
-        self.codec = _codec_class(config.codec_backend)(self, self._write, config.limits)
+        conn.out.tx_stats = stats
+        self.codec = _codec_class(config.codec_backend)(self, conn.out.write, config.limits)
         self.stream = None
         self.draining = ctx.draining        # listener drain: the next response closes
         self.drain_state = 0                # 1: drain sequence (idle / max duration) started
@@ -152,10 +153,6 @@ class HttpConnectionManager:
 
     def read_disable(self, disable: bool) -> None:
         self.conn.read_disable(disable)
-
-    def _write(self, data: bytes) -> None:
-        self.stats.downstream_cx_tx_bytes_total += len(data)
-        self.conn.out.write(data)
 
     # ---------------------------------------------------------------- stream lifecycle
 

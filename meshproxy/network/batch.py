@@ -43,12 +43,15 @@ def batch_for(loop) -> WriteBatch:
 class BatchedWriter:
     """Queues bytes for one transport until the batch flushes (or ``flush()``)."""
 
-    __slots__ = ("transport", "batch", "buf")
+    __slots__ = ("transport", "batch", "buf", "tx_stats")
 
     def __init__(self, transport, batch: WriteBatch):
         self.transport = transport
         self.batch = batch
         self.buf = None
+        # An HTTP connection manager's stats: downstream_cx_tx_bytes_total is counted here,
+        # once per flush, rather than by a wrapper around every write.
+        self.tx_stats = None
 
     def write(self, data: bytes) -> None:
         buf = self.buf
@@ -67,9 +70,13 @@ class BatchedWriter:
         if buf is None:
             return
         self.buf = None
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        st = self.tx_stats
+        if st is not None:
+            st.downstream_cx_tx_bytes_total += len(data)
         t = self.transport
         if not t.is_closing():
-            t.write(buf[0] if len(buf) == 1 else b"".join(buf))
+            t.write(data)
 
     def discard(self) -> None:
         self.buf = None
