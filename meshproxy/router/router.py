@@ -248,7 +248,14 @@ class Router:
         if self.attempts > 1 and self.buffered:
             up.pending = list(self.buffered)
             up.pending_bytes = self.buffered_bytes
-        up.start()
+        # UpstreamRequest.start, inline: ask the host's pool for a connection
+        if self.request_done:
+            up.end_pending = True
+        pool = host.pool
+        if pool is None:
+            pool = cluster.pool_for(host)
+        up.pool = pool
+        pool.new_stream(up)
 
     def _retry(self, up, host) -> bool:
         """Schedule another attempt if the retry budget allows (True), else note why not."""

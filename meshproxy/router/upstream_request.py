@@ -1,7 +1,7 @@
 """One attempt of a routed request on one upstream host (Envoy's ``UpstreamRequest``).
 
-It asks the host's pool for a connection, sends the request head and any body that arrived
-meanwhile (holding the client once that passes the buffer limit), and relays the response and
+The router asks the host's pool for a connection for it (``Router._start_attempt``); it sends
+the request head and any body that arrived meanwhile (holding the client once that passes the buffer limit), and relays the response and
 resets to the router. Request accounting (``upstream_rq_total``/``active``) belongs to the pool,
 which counts a request once it is attached to a connection, as Envoy does.
 """
@@ -26,15 +26,6 @@ class UpstreamRequest:
         self.paused = False
         self.read_paused = False
         self.awaiting_headers = True
-
-    def start(self) -> None:
-        if self.router.request_done:
-            self.end_pending = True
-        pool = self.host.pool
-        if pool is None:
-            pool = self.cluster.pool_for(self.host)
-        self.pool = pool
-        pool.new_stream(self)
 
     # ------------------------------------------------------------------ pool callbacks
 
