@@ -2,8 +2,9 @@
 
 The router asks the host's pool for a connection for it (``Router._start_attempt``); it sends
 the request head and any body that arrived meanwhile (holding the client once that passes the
-buffer limit), and relays the response and resets to the router. Request accounting (``upstream_rq_total``/``active``) belongs to the pool,
-which counts a request once it is attached to a connection, as Envoy does.
+buffer limit), and relays the response and resets to the router. Request accounting
+(``upstream_rq_total``/``active``) belongs to the pool, which counts a request once it is
+attached to a connection, as Envoy does.
 """
 
 from __future__ import annotations
