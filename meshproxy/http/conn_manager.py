@@ -179,10 +179,8 @@ class HttpConnectionManager:
             self.close(delay=self.sync_depth > 0 or not stream.request_complete)
             return
         if self.config.idle_timeout:
-            d = self.idle_deadline = self.loop.time() + self.config.idle_timeout
-            t = self.timer
-            if t.when is None or d < t.when:   # LazyTimer.schedule's own test, inline
-                t.schedule(d)
+            self.idle_deadline = self.loop.time() + self.config.idle_timeout
+            self.timer.schedule(self.idle_deadline)
         self.sync_depth += 1
         try:
             self.codec.stream_complete(stream)

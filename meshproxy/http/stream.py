@@ -25,7 +25,6 @@ _DATE_CACHE = [0, b""]
 
 
 def date_value() -> bytes:
-    # (inlined in _set_date_server; keep the two in step)
     now = int(time.time())
     if _DATE_CACHE[0] != now:
         _DATE_CACHE[0] = now
@@ -38,11 +37,7 @@ def _set_date_server(resp, transform: str, server: bytes) -> None:
     an upstream header in place, as Envoy's header map does."""
     h = resp.headers
     names = list(map(_first, h))    # the scans below run in C
-    now = int(time.time())
-    if _DATE_CACHE[0] == now:
-        date = _DATE_CACHE[1]
-    else:
-        date = date_value()
+    date = date_value()
     nd = names.count(b"date")
     if nd == 1:
         h[names.index(b"date")] = (b"date", date)
@@ -107,9 +102,8 @@ class ActiveStream:
         stats.downstream_rq_active += 1
         timer = hcm.timer
         if cfg.stream_idle_timeout:
-            d = self.idle_deadline = now + cfg.stream_idle_timeout
-            if timer.when is None or d < timer.when:   # LazyTimer.schedule's own test, inline
-                timer.schedule(d)
+            self.idle_deadline = now + cfg.stream_idle_timeout
+            timer.schedule(self.idle_deadline)
         if cfg.request_timeout:
             self.request_deadline = now + cfg.request_timeout
             timer.schedule(self.request_deadline)
@@ -278,9 +272,6 @@ class ActiveStream:
     def apply_route_response_mutations(self, resp, weighted) -> None:
         route = self.route
         chain = route.resp_chain
-        if chain is None:
-            route.plan()
-            chain = route.resp_chain
         if weighted is not None and weighted.response_mutation is not None:
             # the weighted cluster's own level is the most specific
             if route.vhost.table.most_specific_header_mutations_wins:
@@ -356,11 +347,7 @@ class ActiveStream:
             self.idle_deadline = self.hcm.loop.time() + self.config.stream_idle_timeout
         self.codec.encode_data(self, data, end_stream)
         if end_stream:
-            if self.request_complete:
-                self.response_complete = True     # _on_response_complete, inline
-                self._finish()
-            else:
-                self._on_response_complete()
+            self._on_response_complete()
 
     def encode_trailers(self, trailers) -> None:
         self.codec.encode_trailers(self, trailers)

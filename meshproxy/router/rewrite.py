@@ -83,11 +83,7 @@ def finalize_request_headers(req, route, weighted, stream, keep_original: bool) 
         if weighted.host_rewrite is not None:
             req.authority = weighted.host_rewrite  # WeightedClusterEntry: a plain setHost
             rewritten = True
-    chain = route.req_chain
-    if chain is None:
-        route.plan()
-        chain = route.req_chain
-    for m in chain:
+    for m in route.req_chain:
         m.apply(req, stream)
     if not route.rewrites:
         return rewritten

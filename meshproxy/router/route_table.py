@@ -204,13 +204,13 @@ class Route:
         self.decorator = decorator
         self.typed_per_filter_config = typed_per_filter_config or {}
         self.metadata = metadata
-        self.req_chain = self.resp_chain = None   # see plan()
-        self.rewrites = None
+        self._plan()
 
-    def plan(self) -> None:
+    def _plan(self) -> None:
         """The header mutations of route, virtual host and table in the order Envoy applies
-        them (``most_specific_header_mutations_wins`` reverses it), without the empty levels;
-        made on first use because the table is attached to the virtual host after routes."""
+        them (``most_specific_header_mutations_wins`` reverses it), without the empty levels,
+        and whether the action rewrites anything: fixed per route, so worked out once. The
+        virtual host and its table are complete (mutations set) before their routes are made."""
         vhost = self.vhost
         table = vhost.table
         req = (self.request_mutation, vhost.request_mutation, table.request_mutation)

@@ -251,11 +251,8 @@ class Router:
         # UpstreamRequest.start, inline: ask the host's pool for a connection
         if self.request_done:
             up.end_pending = True
-        pool = host.pool
-        if pool is None:
-            pool = cluster.pool_for(host)
-        up.pool = pool
-        pool.new_stream(up)
+        up.pool = cluster.pool_for(host)
+        up.pool.new_stream(up)
 
     def _retry(self, up, host) -> bool:
         """Schedule another attempt if the retry budget allows (True), else note why not."""

@@ -89,10 +89,7 @@ class UpstreamRequest:
 
     def on_upstream_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
-            if self.paused or self.read_paused or self.finished:
-                self._finish()
-            else:
-                self.finished = True        # _finish with nothing held, inline
+            self._finish()
         self.router.on_upstream_data(self, data, end_stream)
 
     def on_upstream_reset(self, reason: str, conn) -> None:

@@ -337,11 +337,6 @@ class UpstreamH1Connection(asyncio.Protocol):
             s.on_upstream_data(b"".join(body) if body else b"", True)
 
     def _response_complete(self):
-        if self.keep_alive and self.request_done and not self.closed and \
-                self.stream is not None:
-            self.stream = None
-            self.pool.stream_done_release(self)
-            return
         self._detach()
         if self.keep_alive and self.request_done and not self.closed:
             self.pool.release(self)

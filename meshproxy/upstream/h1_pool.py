@@ -110,21 +110,6 @@ class H1Pool:
         self.cluster.stats.upstream_rq_pending_active -= 1
         self.host.stats.rq_pending_active -= 1
 
-    def stream_done_release(self, conn) -> None:
-        """``stream_done`` then ``release``, for the common end of a kept-alive exchange."""
-        cluster = self.cluster
-        cluster.rq_active -= 1
-        cluster.stats.upstream_rq_active -= 1
-        self.host.stats.rq_active -= 1
-        if conn.draining or self.pending:
-            self.release(conn)
-            return
-        self.busy.discard(conn)
-        conn.idle_since = self.loop.time()
-        self.idle.append(conn)
-        if self._idle_timer is None:
-            self._arm_idle_timer()
-
     def release(self, conn: UpstreamH1Connection) -> None:
         """``conn`` finished its response and may serve another request."""
         self.busy.discard(conn)

@@ -173,17 +173,6 @@ def _weighted(hosts) -> bool:
 
 
 class RoundRobin(LoadBalancer):
-    def choose(self, ctx=None):
-        # The common shape, in one frame: one priority, no panic, equal weights.
-        src = self.single
-        if src is not None and not src[2] and type(src[3]) is list and src[1]:
-            hosts = src[1]
-            state = src[3]
-            i = state[0]
-            state[0] = i + 1
-            return hosts[i % len(hosts)]
-        return LoadBalancer.choose(self, ctx)
-
     def _state(self, hosts):
         if _weighted(hosts):
             return _Edf(hosts, _static_weight)
