@@ -182,6 +182,29 @@ class H1ServerBase(RequestHeadReader):
         finally:
             self._replaying = False
 
+    def _fail(self, exc: CodecError) -> None:
+        self.stopped = True
+        if not self.defer_error(exc):
+            raise exc
+
+    def _reparse_head(self):
+        """Read the head buffered in ``_slow`` with ``h1_rules`` (Envoy's grammar, for what the
+        parser backend refuses): (canonical head, bytes after it) once it is whole; None while
+        more is needed, or when the head is bad (the connection is failed then)."""
+        raw = bytes(self._slow)
+        try:
+            r = h1_rules.parse_head(raw, self.max_header_bytes)
+        except CodecError as exc:
+            self._slow = None
+            self._fail(exc)
+            return None
+        if r is None:
+            self._slow = bytearray(raw)
+            return None
+        self._slow = None
+        canonical, consumed = r
+        return canonical, raw[consumed:]
+
     # ------------------------------------------------------------------ output
 
     def encode_headers(self, stream, resp, end_stream: bool) -> None:
@@ -317,18 +340,10 @@ class H1ServerCodec(H1ServerBase):
         return data[off:] if off >= 0 else None
 
     def _try_slow(self) -> None:
-        raw = bytes(self._slow)
-        try:
-            r = h1_rules.parse_head(raw, self.max_header_bytes)
-        except CodecError as exc:
-            self._slow = None
-            self._fail(exc)
-            return
+        r = self._reparse_head()
         if r is None:
-            self._slow = bytearray(raw)
             return
-        canonical, consumed = r
-        self._slow = None
+        canonical, rest = r
         self._carry = None
         if canonical[:8] == b"MSEARCH ":
             # Envoy's method list says MSEARCH where llhttp knows only M-SEARCH.
@@ -339,12 +354,7 @@ class H1ServerCodec(H1ServerBase):
         self._skip_begin = True
         self._refed = True
         self._in_head = self._in_message = False
-        self._feed(canonical + raw[consumed:], True)
-
-    def _fail(self, exc: CodecError) -> None:
-        self.stopped = True
-        if not self.defer_error(exc):
-            raise exc
+        self._feed(canonical + rest, True)
 
     # llhttp callbacks (on_message_begin, on_url, on_header, on_body and on_message_complete
     # are inherited)

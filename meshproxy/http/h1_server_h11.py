@@ -143,18 +143,10 @@ class H11ServerCodec(H1ServerBase):
                 raise CodecError(400, "http1.invalid_chunk_size")
 
     def _try_slow(self) -> None:
-        raw = bytes(self._slow)
-        try:
-            r = h1_rules.parse_head(raw, self.max_header_bytes)
-        except CodecError as exc:
-            self._slow = None
-            self._fail(exc)
-            return
+        r = self._reparse_head()
         if r is None:
-            self._slow = bytearray(raw)
             return
-        canonical, consumed = r
-        self._slow = None
+        canonical, rest = r
         if not h1_rules.has_host(canonical) and canonical.split(b"\r\n", 1)[0][-3:] == b"1.1":
             # h11 insists on Host for HTTP/1.1; Envoy answers 400 itself (missing host).
             canonical = canonical[:-2] + b"host: x\r\n\r\n"
@@ -162,13 +154,8 @@ class H11ServerCodec(H1ServerBase):
         self._skip_begin = self._in_head
         self._refed = True
         self._in_head = self._in_message = False
-        self._new_conn(canonical + raw[consumed:])
+        self._new_conn(canonical + rest)
         self._pump()
-
-    def _fail(self, exc: CodecError) -> None:
-        self.stopped = True
-        if not self.defer_error(exc):
-            raise exc
 
 
 def _h11_error(exc) -> CodecError:
