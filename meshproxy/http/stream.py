@@ -11,53 +11,15 @@ local reply) calls ``encode_headers`` / ``encode_data``; the stream adds ``date`
 
 from __future__ import annotations
 
-import operator
 import time
 
 from meshproxy.http import local_reply
+from meshproxy.http.date_server import set_date_server
 from meshproxy.http.sanitize import mutate_request_headers
 from meshproxy.router.route_table import ADMIN, DIRECT_RESPONSE, REDIRECT, ROUTE
 from meshproxy.router.router import Router
 
 _XRID = b"x-request-id"
-_first = operator.itemgetter(0)
-_DATE_CACHE = [0, b""]
-
-
-def date_value() -> bytes:
-    now = int(time.time())
-    if _DATE_CACHE[0] != now:
-        _DATE_CACHE[0] = now
-        _DATE_CACHE[1] = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now)).encode()
-    return _DATE_CACHE[1]
-
-
-def _set_date_server(resp, transform: str, server: bytes) -> None:
-    """``date`` always overwritten; ``server`` per server_header_transformation. Each replaces
-    an upstream header in place, as Envoy's header map does."""
-    h = resp.headers
-    names = list(map(_first, h))    # the scans below run in C
-    date = date_value()
-    nd = names.count(b"date")
-    if nd == 1:
-        h[names.index(b"date")] = (b"date", date)
-    elif nd:
-        # repeated (rare): set() keeps the first position and drops the rest
-        resp.set(b"date", date)
-        names = list(map(_first, h))
-    else:
-        h.append((b"date", date))
-    if transform == "OVERWRITE":
-        ns = names.count(b"server")
-        if ns == 1:
-            h[names.index(b"server")] = (b"server", server)
-        elif ns:
-            resp.set(b"server", server)
-        else:
-            h.append((b"server", server))
-    elif transform == "APPEND_IF_ABSENT" and b"server" not in names:
-        h.append((b"server", server))
-
 
 class ActiveStream:
     __slots__ = ("hcm", "codec", "config", "conn", "request", "route", "router",
@@ -291,7 +253,7 @@ class ActiveStream:
         if self.idle_deadline is not None and not end_stream:   # (_finish clears it)
             self.idle_deadline = hcm.loop.time() + cfg.stream_idle_timeout
         # date and server (ConnectionManagerUtility::mutateResponseHeaders), in one pass
-        _set_date_server(resp, cfg.server_transform, cfg.server_name)
+        set_date_server(resp, cfg.server_transform, cfg.server_name)
         h = resp.headers
         if cfg.always_set_request_id_in_response and self.request_id is not None:
             resp.set(_XRID, self.request_id)

@@ -24,21 +24,14 @@ response that is retried is charged under ``retry.``.
 from __future__ import annotations
 
 from meshproxy.http import local_reply
+from meshproxy.router.control_headers import EXPECTED_HDR, consume_control_headers
 from meshproxy.router.rewrite import finalize_request_headers
 from meshproxy.router.upstream_request import UpstreamRequest
 from meshproxy.upstream.h1_connection import OVERFLOW
 from meshproxy.upstream.retry_state import LIMIT_EXCEEDED, YES, RetryState
 
-_RQ_TIMEOUT_HDR = b"x-envoy-upstream-rq-timeout-ms"
-_PER_TRY_HDR = b"x-envoy-upstream-rq-per-try-timeout-ms"
-_EXPECTED_HDR = b"x-envoy-expected-rq-timeout-ms"
 _SERVICE_TIME_HDR = b"x-envoy-upstream-service-time"
-_RETRY_ON_HDR = b"x-envoy-retry-on"
-_MAX_RETRIES_HDR = b"x-envoy-max-retries"
 _ATTEMPT_HDR = b"x-envoy-attempt-count"
-_RETRIABLE_CODES_HDR = b"x-envoy-retriable-status-codes"
-_HEDGE_HDR = b"x-envoy-hedge-on-per-try-timeout"
-_INTERNAL_HDR = b"x-envoy-internal"
 PROTOCOL_ERROR = "protocol error"
 BUFFER_LIMIT_REPLY = local_reply.Reply(507, b"exceeded request buffer limit while retrying "
                                             b"upstream", "", "request_payload_exceeded_retry_"
@@ -124,33 +117,8 @@ class Router:
         retry_on = max_retries = codes = None
         hedge = False
         if req.envoy_headers or stream.config.internal_address_config:
-            # Control headers (only a trusted client's survive the HCM): consumed here.
-            kept = []
-            for n, v in req.headers:
-                if n[:8] != b"x-envoy-":
-                    kept.append((n, v))
-                elif n == _RQ_TIMEOUT_HDR:
-                    if v.isdigit():
-                        timeout = int(v) / 1000.0
-                elif n == _PER_TRY_HDR:
-                    if v.isdigit():
-                        per_try = int(v) / 1000.0
-                elif n == _RETRY_ON_HDR:
-                    retry_on = v
-                elif n == _MAX_RETRIES_HDR:
-                    max_retries = v
-                elif n == _RETRIABLE_CODES_HDR:
-                    codes = frozenset(int(c) for c in v.split(b",") if c.strip().isdigit())
-                elif n == _HEDGE_HDR:
-                    # Hedging itself is not implemented; the header still shapes the
-                    # expected-timeout header as in Envoy (the whole global timeout).
-                    hedge = v == b"true"
-                elif n == _INTERNAL_HDR:
-                    self.internal = v == b"true"
-                    kept.append((n, v))
-                elif n != _EXPECTED_HDR:
-                    kept.append((n, v))
-            req.headers = kept
+            c = consume_control_headers(req, timeout, per_try)
+            timeout, per_try, retry_on, max_retries, codes, hedge, self.internal = c
         if per_try and timeout and per_try >= timeout:
             per_try = 0.0
         self.timeout = timeout
@@ -179,7 +147,7 @@ class Router:
         if self.timeout:
             left = _ms(self.timeout) - int(elapsed * 1000)
             ms = min(ms, left) if left > 0 else 1
-        req.set(_EXPECTED_HDR, b"%d" % ms)
+        req.set(EXPECTED_HDR, b"%d" % ms)
 
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
