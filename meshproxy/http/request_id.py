@@ -9,13 +9,12 @@ from __future__ import annotations
 import random
 
 _getrandbits = random.getrandbits
-_VERSION_MASK = ~(0xF000 << 64) & ((1 << 128) - 1)
-_VERSION_4 = 0x4000 << 64
-_VARIANT_MASK = ~(0xC000 << 48) & ((1 << 128) - 1)
-_VARIANT_RFC4122 = 0x8000 << 48
+# RFC 9562 §5.4: version 4 in bits 48-51, variant 0b10 in bits 64-65 (one mask, one set)
+_CLEAR = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def new_request_id() -> bytes:
-    r = (_getrandbits(128) & _VERSION_MASK & _VARIANT_MASK) | _VERSION_4 | _VARIANT_RFC4122
-    h = r.to_bytes(16, "big").hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+    # hex("-", 2) groups by four digits; the 8-4-4-4-12 form drops three of those dashes
+    h = ((_getrandbits(128) & _CLEAR) | _SET).to_bytes(16, "big").hex("-", 2)
+    return (h[:4] + h[5:29] + h[30:34] + h[35:]).encode()

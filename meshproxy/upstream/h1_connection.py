@@ -46,12 +46,24 @@ def _parser(callbacks):
     return p
 
 
+class _Hop:
+    """Hop-by-hop headers of one response head (made only when one comes)."""
+
+    __slots__ = ("count", "size", "tokens", "te")
+
+    def __init__(self):
+        self.count = 0      # headers dropped, and their bytes: they count toward the limits
+        self.size = 0
+        self.tokens = ()    # Connection tokens
+        self.te = None      # Transfer-Encoding
+
+
 class UpstreamH1Connection(asyncio.Protocol):
     __slots__ = ("pool", "stats", "transport", "stream", "parser", "requests", "closed",
                  "resp", "hdrs", "eof_body", "head", "skip_1xx", "request_done",
                  "rx_started", "idle_since", "local_close", "keep_alive", "chunked_request",
                  "draining", "connected", "active_on_close", "body", "duration_handle",
-                 "head_size", "limits", "out")
+                 "head_size", "limits", "out", "cl", "hop", "last_read", "spanned")
 
     def __init__(self, pool):
         self.pool = pool
@@ -78,7 +90,11 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.active_on_close = False  # closed while a request was on it
         self.body = None              # body bytes parsed from the current read
         self.duration_handle = None   # max_connection_duration timer
-        self.head_size = 0            # bytes of the response head so far (limit check)
+        self.head_size = 0            # status line and final CRLF of the head (limit check)
+        self.cl = None                # Content-Length value of the head being read
+        self.hop = None               # _Hop: hop-by-hop headers of the head being read
+        self.last_read = 0            # bytes of the read being parsed
+        self.spanned = 0              # bytes of earlier reads holding part of the head
         cfg = pool.cluster.config
         self.limits = (cfg.max_headers_count, cfg.max_response_headers_bytes)
 
@@ -91,7 +107,8 @@ class UpstreamH1Connection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=limit, low=limit // 2)
 
     def data_received(self, data):
-        self.stats.upstream_cx_rx_bytes_total += len(data)
+        n = self.last_read = len(data)
+        self.stats.upstream_cx_rx_bytes_total += n
         if self.stream is None:
             # Bytes on an idle connection are a protocol violation (RFC 9112 §9.3.1 pairs each
             # response with a request); the connection cannot be trusted any more.
@@ -103,6 +120,8 @@ class UpstreamH1Connection(asyncio.Protocol):
         b.depth += 1
         try:
             self.parser.feed_data(data)
+            if self.hdrs is not None:
+                self._head_continues(n)
             body = self.body
             if body is not None:
                 # What one read brought goes on as one piece, as Envoy's codec hands its
@@ -226,19 +245,64 @@ class UpstreamH1Connection(asyncio.Protocol):
     def on_message_begin(self):
         self.hdrs = []
         self.head_size = 17           # "HTTP/1.1 NNN " + CRLF after the status line, + CRLF
+        self.cl = self.hop = None
+        self.spanned = 0
 
     def on_status(self, reason: bytes):
         self.head_size += len(reason)
 
     def on_header(self, name: bytes, value: bytes):
-        # Called per header: only collect here (the count bounds the list); the head is
-        # read in one loop in on_headers_complete, which costs less than a call per rule.
-        h = self.hdrs
-        h.append((name, value))
-        if len(h) > self.limits[0]:
+        # Names lower-case as Envoy stores them; hop-by-hop and framing headers consumed
+        # (RFC 9110 §7.6.1). Envoy forwards response headers that Connection nominates (only
+        # the hop-by-hop headers themselves go), unlike on requests. The head limits are
+        # checked per read and at the end of the head, not per header (same 502, fewer steps).
+        name = name.lower()
+        if name in _SPECIAL:
+            if name != b"content-length":
+                self._hop_header(name, value)
+                return
+            self.cl = value
+        self.hdrs.append((name, value))
+
+    def _hop_header(self, name: bytes, value: bytes) -> None:
+        hop = self.hop
+        if hop is None:
+            hop = self.hop = _Hop()
+        hop.count += 1
+        hop.size += len(name) + len(value) + 4
+        if name == b"connection":
+            # tokens (RFC 9110 §5.6.2) carry no inner spaces: drop them all at once
+            hop.tokens += tuple(value.lower().translate(None, b" \t").split(b","))
+        elif name == b"transfer-encoding":
+            hop.te = value if hop.te is None else hop.te + b"," + value
+        # keep-alive, proxy-connection, upgrade: dropped
+
+    def _head_size(self) -> int:
+        """Bytes of the head so far, as Balsa's max_header_length counts them (status line and
+        CRLFs included)."""
+        size = self.head_size + sum(len(n) + len(v) + 4 for n, v in self.hdrs)
+        return size if self.hop is None else size + self.hop.size
+
+    def _check_head_limits(self) -> None:
+        hop = self.hop
+        count = len(self.hdrs) if hop is None else len(self.hdrs) + hop.count
+        if count > self.limits[0] or self._head_size() > self.limits[1]:
             raise httptools.HttpParserError("response headers over the limit")
 
+    def _head_continues(self, n: int) -> None:
+        """The head goes on in the next read: apply the limits to what came so far."""
+        self.spanned += n
+        self._check_head_limits()
+
     def on_headers_complete(self):
+        hdrs = self.hdrs
+        hop = self.hop
+        limits = self.limits
+        if (len(hdrs) if hop is None else len(hdrs) + hop.count) > limits[0] or \
+                self.spanned + self.last_read > limits[1]:
+            # the reads that hold the head bound its size: count exactly only past the limit
+            self._check_head_limits()
+        self.hdrs = None
         p = self.parser
         status = p.get_status_code()
         if status < 100:
@@ -250,37 +314,17 @@ class UpstreamH1Connection(asyncio.Protocol):
             if s is not None:
                 s.on_upstream_1xx(status)
             return
-        # Names lower-case as Envoy stores them; hop-by-hop and framing headers consumed
-        # (RFC 9110 §7.6.1). Envoy forwards response headers that Connection nominates (only
-        # the hop-by-hop headers themselves go), unlike on requests.
-        hdrs = []
-        size = self.head_size
-        content_length = -1
-        tokens = ()
-        te = None
-        for name, value in self.hdrs:
-            size += len(name) + len(value) + 4
-            name = name.lower()
-            if name in _SPECIAL:
-                if name == b"content-length":
-                    try:
-                        content_length = int(value)
-                    except ValueError:
-                        content_length = -2
-                elif name == b"connection":
-                    # tokens (RFC 9110 §5.6.2) carry no inner spaces: drop them all at once
-                    tokens = tokens + tuple(value.lower().translate(None, b" \t").split(b","))
-                    continue
-                elif name == b"transfer-encoding":
-                    te = value if te is None else te + b"," + value
-                    continue
-                else:
-                    continue    # keep-alive, proxy-connection, upgrade
-            hdrs.append((name, value))
-        if size > self.limits[1]:
-            raise httptools.HttpParserError("response headers over the limit")
         resp = ResponseHeaders(status, hdrs)
-        resp.content_length = content_length
+        if self.cl is not None:
+            try:
+                resp.content_length = int(self.cl)
+            except ValueError:
+                resp.content_length = -2
+        if hop is None:
+            tokens = te = None
+        else:
+            tokens = hop.tokens
+            te = hop.te
         if te is not None:
             # Only "chunked" is a transfer coding Envoy's client codec takes.
             if any(t.strip().lower() != b"chunked" for t in te.split(b",")):
@@ -288,9 +332,9 @@ class UpstreamH1Connection(asyncio.Protocol):
             resp.chunked = True
         # Envoy's shouldCloseConnection: "close" token, or HTTP/1.0 without "keep-alive".
         if p.get_http_version() == "1.0":
-            keep_alive = b"keep-alive" in tokens and b"close" not in tokens
+            keep_alive = tokens is not None and b"keep-alive" in tokens and b"close" not in tokens
         else:
-            keep_alive = b"close" not in tokens
+            keep_alive = tokens is None or b"close" not in tokens
         resp.keep_alive = keep_alive
         if not keep_alive:
             self.stats.upstream_cx_close_notify += 1
