@@ -50,11 +50,13 @@ def _target(t) -> Target:
 
 
 def h2load(port, path: str, requests: int, connections: int, cpus: str | None,
-           timeout: float = 300.0) -> dict:
-    """``port``: a port on 127.0.0.1, or a Target."""
+           timeout: float = 300.0, close: bool = False) -> dict:
+    """``port``: a port on 127.0.0.1, or a Target. ``close``: every request on a new
+    connection (h2load reconnects after each ``Connection: close`` answer)."""
     t = _target(port)
+    extra = ["-H", "Connection: close"] if close else []
     cmd = pinned([*t.wrap, "h2load", "--h1", "-n", str(requests), "-c", str(connections),
-                  "-t", "1", "-m", "1", t.url(path)], cpus)
+                  "-t", "1", "-m", "1", *extra, t.url(path)], cpus)
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

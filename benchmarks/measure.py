@@ -45,10 +45,11 @@ def closed_run(proxy, port, sc, upstream, a) -> dict:
     """``port``: where the load goes, a port on 127.0.0.1 or a ``load.Target``."""
     """Saturation: h2load sends a fixed count as fast as the proxy answers."""
     n = a.requests_for(sc)
-    load.h2load(port, sc.path, min(n, 3000), sc.connections, a.load_cpus)   # warm-up
+    close = sc.new_connections
+    load.h2load(port, sc.path, min(n, 3000), sc.connections, a.load_cpus, close=close)  # warm-up
     time.sleep(SETTLE)
     with _Window(proxy, upstream) as w:
-        res = load.h2load(port, sc.path, n, sc.connections, a.load_cpus)
+        res = load.h2load(port, sc.path, n, sc.connections, a.load_cpus, close=close)
     if res["failed"] or res["non2xx"]:
         raise load.LoadError(f"{res['failed']} failed, {res['non2xx']} non-2xx answers")
     return {"phase": "closed", "requests": n, "noise": w.noise,

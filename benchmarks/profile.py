@@ -120,7 +120,8 @@ def main(argv=None) -> int:
                                     workdir, source=source)
         running.append(mp)
         procs.wait_http(mp.port, sc.path, mp)
-        load.h2load(mp.port, sc.path, 3000, sc.connections, a.load_cpus)
+        load.h2load(mp.port, sc.path, 3000, sc.connections, a.load_cpus,
+                    close=sc.new_connections)
         raw = os.path.join(out, "stacks.txt")
         cmd = [pyspy, "record", "--pid", str(mp.pid), "--format", "raw", "--function",
                "--rate", str(a.rate), "-o", raw] + (["--native"] if a.native else [])
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
                                stderr=subprocess.PIPE)
         time.sleep(1.0)   # py-spy attaches
         c0 = mp.cpu()
-        res = load.h2load(mp.port, sc.path, a.requests, sc.connections, a.load_cpus, timeout=600)
+        res = load.h2load(mp.port, sc.path, a.requests, sc.connections, a.load_cpus, timeout=600,
+                          close=sc.new_connections)
         c1 = mp.cpu()
         spy.send_signal(signal.SIGINT)
         try:

@@ -248,7 +248,7 @@ def run_scenario(sc, proxies, upstream, a, workdir, log) -> dict:
     rss = {}
     try:
         records += run_phase(measure.closed_run, a.rounds, names, started, sc, upstream, a, log)
-        if a.latency_rounds:
+        if a.latency_rounds and not sc.new_connections:   # the open loop keeps connections
             records += run_phase(measure.open_run, a.latency_rounds, names, started, sc,
                                  upstream, a, log)
         rss = {n: p.rss() for n, p in started.items()}
@@ -292,7 +292,7 @@ def run_redirect(sc, proxies, a, workdir, log) -> dict:
                                    tuple(procs.in_netns(pod0, [], procs.PROXY_UID)))
             records += run_phase(measure.closed_run, a.rounds, names, started, sc, upstream,
                                  a, log, baseline)
-            if a.latency_rounds:
+            if a.latency_rounds and not sc.new_connections:   # the open loop keeps connections
                 records += run_phase(measure.open_run, a.latency_rounds, names, started, sc,
                                      upstream, a, log, baseline)
             rss = {n: p.rss() for n, p in started.items()}
@@ -367,17 +367,20 @@ def headline(result, meshproxies) -> str:
                 f"p99 ×{report._fmt(row['p99_ratio'], 2)}, RSS ×{report._fmt(row['rss_ratio'], 2)}")
     by_name = {sc["name"]: {r["proxy"]: r for r in sc["summary"] if not r.get("error")}
                for sc in result["scenarios"]}
-    if "route" in by_name and "redirect" in by_name:
+    for plain, captured in (("route", "redirect"), ("route-close", "redirect-close")):
+        if plain not in by_name or captured not in by_name:
+            continue
         # What the sidecar hop adds over a plain listener, per proxy: capture, original
-        # destination, the hand-off between listeners, and the veth instead of loopback.
+        # destination, the hand-off between listeners, and the veth instead of loopback
+        # (per connection too in the -close pair).
         deltas = []
         for p in ["envoy", *meshproxies]:
-            a, b = by_name["route"].get(p), by_name["redirect"].get(p)
+            a, b = by_name[plain].get(p), by_name[captured].get(p)
             if a and b and a.get("cpu_us") is not None and b.get("cpu_us") is not None:
                 deltas.append(f"{p} {b['cpu_us'] - a['cpu_us']:+.1f}")
         if deltas:
-            lines.append("- **redirect − route** (CPU µs per request the intercepted hop adds, "
-                         "medians of the two scenarios): " + ", ".join(deltas))
+            lines.append(f"- **{captured} − {plain}** (CPU µs per request the intercepted hop "
+                         "adds, medians of the two scenarios): " + ", ".join(deltas))
     return "\n".join(lines)
 
 

@@ -48,6 +48,10 @@ class Scenario:
                               # from an app in a pod namespace, captured by iptables)
     requests: int             # closed-loop request count per run (scaled by --scale)
     connections: int = 32
+    # Every request on a new connection (the client sends "Connection: close"; h2load opens
+    # the next one): what a proxy spends per connection (accept, listener filters, original
+    # destination, the hand-off between listeners) shows up per request.
+    new_connections: bool = False
 
     def envoy_bootstrap(self, upstream_port: int, upstream_host: str = "127.0.0.1") -> dict:
         if self.kind == "redirect":
@@ -104,6 +108,11 @@ SCENARIOS = {s.name: s for s in (
     Scenario("redirect", "as route, but the app calls a service VIP from a pod namespace and "
              "iptables REDIRECT (meshproxy-iptables -u 1337) takes it to 15001", "/small",
              SMALL_BODY, "redirect", 40000),
+    Scenario("route-close", "as route, a new connection per request (Connection: close)",
+             "/small", SMALL_BODY, "http", 20000, new_connections=True),
+    Scenario("redirect-close", "as redirect, a new intercepted connection per request "
+             "(Connection: close)", "/small", SMALL_BODY, "redirect", 20000,
+             new_connections=True),
 )}
 
 # ---------------------------------------------------------------------- redirect (sidecar)
