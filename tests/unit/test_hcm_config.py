@@ -93,3 +93,18 @@ def test_local_address_is_not_loopback():
 def test_admin_defaults():
     c = default_hcm_config("admin", None)
     assert c.delayed_close_timeout == 1.0 and c.limits.max_headers_count == 100
+
+
+def test_tracing_config_is_warned_about_once(caplog):
+    # Tracing is not implemented yet: a config asking for it must not pass silently, and
+    # Istio's sidecars (tracing on every HCM) must not get one warning per listener.
+    import logging
+
+    hcm_config._WARNED.discard("tracing")
+    with caplog.at_level(logging.WARNING, logger="meshproxy.config"):
+        build()
+        assert not caplog.records
+        for _ in range(3):
+            build(tracing={"random_sampling": {"value": 1}})
+    hits = [r for r in caplog.records if "tracing is not implemented" in r.getMessage()]
+    assert len(hits) == 1 and "tracing" in hits[0].getMessage()
