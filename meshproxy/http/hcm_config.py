@@ -81,11 +81,12 @@ class HcmConfig:
                  "suppress_envoy_headers", "proxy_100_continue", "upgrade_types",
                  "reject_fragment", "normalize_path", "merge_slashes", "stats", "terminal",
                  "internal_address_config", "delayed_close_timeout", "local_address",
-                 "forward_client_cert", "proto")
+                 "forward_client_cert", "proto", "rds_provider", "__weakref__")
 
     def __init__(self, **kw):
         for name in self.__slots__:
-            setattr(self, name, kw.get(name))
+            if name != "__weakref__":
+                setattr(self, name, kw.get(name))
 
 
 def codec_backend() -> str:
@@ -98,7 +99,9 @@ def codec_backend() -> str:
     return v
 
 
-def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
+def build_hcm_config(h, path: str, *, cluster_names=None, rds=None) -> HcmConfig:
+    """``rds``: the server's ``router.rds.RdsRegistry`` when xDS serves route configurations;
+    without it an HCM that names one (``rds``) is refused."""
     from meshproxy.router.route_config import build_route_table
 
     if not h.stat_prefix:
@@ -111,8 +114,12 @@ def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
                                   cluster_names=cluster_names, validate_clusters=True)
     elif which == "rds":
         rds_name = h.rds.route_config_name
-        raise ConfigError(join(path, "rds"), "RDS needs xDS, which meshproxy does not "
-                                             "support yet; use an inline route_config")
+        if not h.rds.HasField("config_source"):
+            raise ConfigError(join(join(path, "rds"), "config_source"), "value is required")
+        if rds is None:
+            raise ConfigError(join(path, "rds"), "RDS needs an xDS config source "
+                                                 "(dynamic_resources); use an inline "
+                                                 "route_config")
     elif which is None:
         raise ConfigError(path, "one of route_config, rds or scoped_routes is required")
     else:
@@ -145,7 +152,7 @@ def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
     )
     filters, suppress, terminal = _http_filters(h, path)
     upgrade_types = {u.upgrade_type.lower(): wrapped(u, "enabled", True) for u in h.upgrade_configs}
-    return HcmConfig(
+    cfg = HcmConfig(
         stat_prefix=h.stat_prefix,
         codec_type=codec_type,
         codec_backend=codec_backend(),
@@ -185,6 +192,9 @@ def build_hcm_config(h, path: str, *, cluster_names=None) -> HcmConfig:
         if h.HasField("internal_address_config") else (),
         proto=h,
     )
+    if rds_name is not None:
+        rds.provider(rds_name).attach(cfg)
+    return cfg
 
 
 def _http_filters(h, path):
