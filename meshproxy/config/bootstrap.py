@@ -109,6 +109,7 @@ class ServerConfig:
     log_format: str | None
     warnings: list
     stats_config: object = None
+    dynamic: object = None         # config.dynamic.DynamicConfig, or None
 
 
 def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
@@ -153,9 +154,12 @@ def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
     admin_unix = False
     if bootstrap.HasField("admin") and bootstrap.admin.HasField("address"):
         admin_address, admin_unix = socket_address(bootstrap.admin.address, "admin.address")
-    if bootstrap.HasField("dynamic_resources"):
-        warnings.append("dynamic_resources (xDS) are not implemented yet; only "
-                        "static_resources are served")
+    from meshproxy.config.dynamic import build_dynamic_config
+    dynamic = build_dynamic_config(bootstrap, clusters)
+    if dynamic is not None:
+        warnings.extend(dynamic.warnings)
+        warnings.append("dynamic_resources are checked but not fetched yet (the xDS client is "
+                        "not wired into the server); only static_resources are served")
     stats_config = from_bootstrap(bootstrap, stats_tags)
     log_format = None
     if bootstrap.HasField("application_log_config") and \
@@ -174,4 +178,5 @@ def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
         log_format=log_format,
         warnings=warnings,
         stats_config=stats_config,
+        dynamic=dynamic,
     )
