@@ -1,0 +1,110 @@
+"""Check xDS resources with the translation the static bootstrap already uses, so a resource is
+refused over xDS for exactly the reasons it would be refused in ``static_resources``.
+
+- Cluster: ``upstream.cluster_config.build_cluster_config``;
+- ClusterLoadAssignment: the endpoint translation of the same module;
+- Listener: ``listener.config.build_listener_config``. The HCM translation does not take RDS yet
+  (``http/hcm_config.py`` refuses ``rds``), so a copy of the listener is checked with each RDS
+  reference replaced by an empty inline route configuration of the same name: everything but
+  the routes is checked, and the routes are checked when RDS delivers them;
+- RouteConfiguration: ``router.route_config.build_route_table`` (RDS does not validate cluster
+  names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS);
+- Secret: decoded only (TLS comes later).
+
+Errors are ``ConfigError``s whose path starts at the resource.
+"""
+
+from __future__ import annotations
+
+from meshproxy.config.errors import ConfigError
+from meshproxy.config.protos import message_class
+from meshproxy.xds import types as T
+
+HCM_TYPE = ("envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+
+
+def validate(type_url: str, msg) -> None:
+    if msg is None:
+        raise ConfigError("", f"no schema for {type_url}")
+    fn = _VALIDATORS.get(type_url)
+    if fn is not None:
+        fn(msg)
+
+
+def _cluster(c) -> None:
+    from meshproxy.upstream.cluster_config import build_cluster_config
+    build_cluster_config(c, "")
+
+
+def _endpoints(cla) -> None:
+    from meshproxy.upstream.cluster_config import _endpoints as endpoints
+    if not cla.cluster_name:
+        raise ConfigError("cluster_name", "value length must be at least 1 characters")
+    # EDS hosts are addresses, never names to resolve (as for STATIC clusters).
+    endpoints(cla, "", "STATIC")
+
+
+def _listener(lst) -> None:
+    from meshproxy.listener.config import build_listener_config
+    if not lst.name:
+        raise ConfigError("name", "value length must be at least 1 characters")
+    copy, _ = inline_rds(lst)
+    build_listener_config(copy, "")
+
+
+def _route(rc) -> None:
+    from meshproxy.router.route_config import build_route_table
+    build_route_table(rc, "", validate_clusters=False)
+
+
+_VALIDATORS = {T.CLUSTER: _cluster, T.ENDPOINT: _endpoints, T.LISTENER: _listener,
+               T.ROUTE: _route}
+
+
+# ------------------------------------------------------------------------ dependencies
+
+
+def eds_service_name(cluster) -> str | None:
+    """The ClusterLoadAssignment an EDS cluster watches: ``eds_cluster_config.service_name``,
+    else the cluster's name (``EdsClusterImpl``); None for other cluster types."""
+    if cluster.type != 3 or cluster.WhichOneof("cluster_discovery_type") != "type":
+        return None
+    return cluster.eds_cluster_config.service_name or cluster.name
+
+
+def _hcms(lst):
+    """(filter, HttpConnectionManager) of every HCM in the listener's filter chains."""
+    chains = list(lst.filter_chains)
+    if lst.HasField("default_filter_chain"):
+        chains.append(lst.default_filter_chain)
+    for fc in chains:
+        for f in fc.filters:
+            if f.HasField("typed_config") and f.typed_config.type_url.endswith("/" + HCM_TYPE):
+                cls = message_class(HCM_TYPE)
+                hcm = cls()
+                if f.typed_config.Unpack(hcm):
+                    yield f, hcm
+
+
+def rds_names(lst) -> set[str]:
+    """The route configurations the listener's HCMs fetch over RDS."""
+    return {hcm.rds.route_config_name for _, hcm in _hcms(lst)
+            if hcm.WhichOneof("route_specifier") == "rds"}
+
+
+def inline_rds(lst):
+    """A copy of the listener whose RDS references are empty inline route configurations
+    (for validation); and the RDS names."""
+    copy = type(lst)()
+    copy.CopyFrom(lst)
+    names = set()
+    for f, hcm in list(_hcms(copy)):
+        if hcm.WhichOneof("route_specifier") != "rds":
+            continue
+        name = hcm.rds.route_config_name
+        names.add(name)
+        hcm.ClearField("rds")
+        hcm.route_config.name = name
+        f.typed_config.Pack(hcm)
+    return copy, names

@@ -1,0 +1,124 @@
+"""xDS resources and responses for the tests: dicts in Envoy's JSON form (what the control plane
+and an Envoy bootstrap take) and protos (what the state machines take)."""
+
+from __future__ import annotations
+
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
+
+from meshproxy.config.protos import message_class, parse_json_into
+from meshproxy.xds import types as T
+
+HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+       "HttpConnectionManager")
+ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+ADS = {"ads": {}, "resource_api_version": "V3"}
+
+
+def cluster(name: str, service_name: str | None = None) -> dict:
+    c = {"name": name, "type": "EDS", "connect_timeout": "1s",
+         "eds_cluster_config": {"eds_config": ADS}}
+    if service_name:
+        c["eds_cluster_config"]["service_name"] = service_name
+    return c
+
+
+def static_cluster(name: str, port: int) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": cla(name, port)}
+
+
+def bad_cluster(name: str = "bad") -> dict:
+    """Refused by Envoy and meshproxy alike: ORIGINAL_DST needs CLUSTER_PROVIDED."""
+    return {"name": name, "type": "ORIGINAL_DST", "lb_policy": "ROUND_ROBIN",
+            "connect_timeout": "1s"}
+
+
+def cla(name: str, *ports: int) -> dict:
+    return {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": p}}}} for p in ports]}]}
+
+
+def listener(name: str, route_name: str, port: int = 0) -> dict:
+    return {"name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {"@type": HCM, "stat_prefix": name,
+                                 "rds": {"route_config_name": route_name, "config_source": ADS},
+                                 "http_filters": [{"name": "envoy.filters.http.router",
+                                                   "typed_config": {"@type": ROUTER}}]}}]}]}
+
+
+def route(name: str, cluster_name: str, prefix: str = "/") -> dict:
+    return {"name": name, "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": prefix}, "route": {"cluster": cluster_name}}]}]}
+
+
+def proto(type_url: str, d: dict):
+    return parse_json_into(d, message_class(T.message_name(type_url))())
+
+
+def packed(type_url: str, d: dict) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(proto(type_url, d))
+    return a
+
+
+def sotw(type_url: str, version: str, nonce: str, *resources) -> discovery_pb2.DiscoveryResponse:
+    """A DiscoveryResponse; resources are dicts (packed as ``type_url``) or ready Anys."""
+    r = discovery_pb2.DiscoveryResponse(type_url=type_url, version_info=version, nonce=nonce)
+    for d in resources:
+        r.resources.add().CopyFrom(d if isinstance(d, any_pb2.Any) else packed(type_url, d))
+    return r
+
+
+def delta(type_url: str, nonce: str, added=(), removed=(), system_version: str = "",
+          ttl: dict | None = None) -> discovery_pb2.DeltaDiscoveryResponse:
+    """A DeltaDiscoveryResponse; ``added`` is [(name, version, dict or None)] (None: no body)."""
+    r = discovery_pb2.DeltaDiscoveryResponse(type_url=type_url, nonce=nonce,
+                                             system_version_info=system_version,
+                                             removed_resources=list(removed))
+    for name, version, d in added:
+        res = r.resources.add(name=name, version=version)
+        if d is not None:
+            res.resource.CopyFrom(d if isinstance(d, any_pb2.Any) else packed(type_url, d))
+        if ttl and name in ttl:
+            res.ttl.FromNanoseconds(int(ttl[name] * 1e9))
+    return r
+
+
+def wrapped(type_url: str, name: str, version: str, d: dict | None, ttl: float | None = None):
+    """An ``envoy.service.discovery.v3.Resource`` in an Any (SotW TTLs and heartbeats)."""
+    w = discovery_pb2.Resource(name=name, version=version)
+    if d is not None:
+        w.resource.CopyFrom(packed(type_url, d))
+    if ttl is not None:
+        w.ttl.FromNanoseconds(int(ttl * 1e9))
+    a = any_pb2.Any()
+    a.Pack(w)
+    return a
+
+
+class Recorder:
+    """A Handler that accepts everything except names in ``reject`` and records the updates."""
+
+    def __init__(self, reject: dict | None = None, on_apply=None):
+        self.reject = dict(reject or {})
+        self.updates = []
+        self.failures = []
+        self.on_apply = on_apply
+
+    def apply(self, update):
+        self.updates.append(update)
+        if self.on_apply is not None:
+            self.on_apply(update)
+        return {n: e for n, e in self.reject.items() if n in {r.name for r in update.added}}
+
+    def on_failure(self, failure):
+        self.failures.append(failure)
+
+    def names(self, i=-1):
+        u = self.updates[i]
+        return [r.name for r in u.added], list(u.removed)
