@@ -93,6 +93,26 @@ class AdsClient:
         self.last_close: str = ""
         self.connected_changed = None       # (bool) -> None, e.g. the control_plane gauge
 
+    @classmethod
+    def from_dynamic_config(cls, dynamic, node, handlers: dict, **kw) -> "AdsClient":
+        """The client for a bootstrap's ``dynamic_resources`` (``config.dynamic.DynamicConfig``,
+        whose ``ads`` names the server): its target, api_type, node rule, the xds cluster's
+        HTTP/2 keepalive and the CDS/LDS initial fetch timeouts (0: wait for ever, Istio's
+        choice). EDS and RDS use Envoy's default timeout."""
+        from meshproxy.xds import types as T
+        server = dynamic.ads
+        timeouts = {}
+        for type_url, source in ((T.CLUSTER, dynamic.cds), (T.LISTENER, dynamic.lds)):
+            if source is not None:
+                timeouts[type_url] = source.initial_fetch_timeout
+        keepalive = None
+        if server.keepalive_interval:
+            keepalive = Keepalive(server.keepalive_interval, server.keepalive_timeout or 20.0)
+        kw.setdefault("initial_fetch_timeout", timeouts)
+        return cls(server.target, node, handlers, delta=server.api_type == "DELTA_GRPC",
+                   node_on_first_message_only=server.set_node_on_first_message_only,
+                   keepalive=keepalive, **kw)
+
     # ------------------------------------------------------------------ owner API
 
     def subscribe(self, type_url: str, names=None) -> None:

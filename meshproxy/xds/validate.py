@@ -3,10 +3,12 @@ refused over xDS for exactly the reasons it would be refused in ``static_resourc
 
 - Cluster: ``upstream.cluster_config.build_cluster_config``;
 - ClusterLoadAssignment: the endpoint translation of the same module;
-- Listener: ``listener.config.build_listener_config``. The HCM translation does not take RDS yet
-  (``http/hcm_config.py`` refuses ``rds``), so a copy of the listener is checked with each RDS
-  reference replaced by an empty inline route configuration of the same name: everything but
-  the routes is checked, and the routes are checked when RDS delivers them;
+- Listener: ``listener.config.build_listener_config``. That translation does not pass an RDS
+  registry down to ``http/hcm_config.build_hcm_config`` yet (without one it refuses ``rds``), so
+  a copy of the listener is checked with each RDS reference replaced by an empty inline route
+  configuration of the same name: everything but the routes is checked, and the routes are
+  checked when RDS delivers them. When the server integrates xDS it will build listeners with
+  its ``router.rds.RdsRegistry`` and this copy goes away;
 - RouteConfiguration: ``router.route_config.build_route_table`` (RDS does not validate cluster
   names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS);
 - Secret: decoded only (TLS comes later).
