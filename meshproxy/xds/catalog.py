@@ -15,6 +15,10 @@ Envoy's rules (``cluster_manager_impl.cc`` ``ClusterManagerInitHelper``, ``serve
   being sent to ADS", ``updateClusterCounts``): the CDS ACK says the clusters are usable.
 - Each listener's HCMs watch their RDS route configurations; the listener warms until they
   arrive. The server is ready when LDS has delivered once and every listener is warm.
+- A listener replaced by one with other route configurations, or removed, drains with its old
+  configuration, whose route configurations stay watched until the server calls ``drained()``
+  (Envoy 1.40 keeps ``route1`` subscribed after the listener moved to ``route2``, for the drain
+  time).
 - Resources are checked with ``validate.validate``; the valid ones of a partly invalid update
   are kept and the others reported (the update is NACKed).
 
@@ -49,6 +53,7 @@ class Catalog:
         self.resources: dict[str, dict] = {t: {} for t in MANAGED}
         self.warming_clusters: set[str] = set()
         self.warming_listeners: set[str] = set()
+        self.draining_listeners: list[tuple[str, frozenset]] = []   # (name, its RDS names)
         self.cds_initialized = False
         self.clusters_initialized = False   # the cluster manager's "initialized" callback ran
         self.lds_initialized = False
@@ -75,6 +80,7 @@ class Catalog:
 
     def apply(self, type_url: str, update: Update) -> dict[str, str]:
         store = self.resources[type_url]
+        before = dict(store) if type_url == T.LISTENER else {}
         errors, accepted = {}, []
         for r in update.added:
             try:
@@ -84,12 +90,21 @@ class Catalog:
                 continue
             store[r.name] = r
             accepted.append(r)
-        removed = [n for n in update.removed if store.pop(n, None) is not None]
+        previous = {r.name: old for r in accepted if (old := before.get(r.name)) is not None}
+        removed = []
+        for n in update.removed:
+            old = store.pop(n, None)
+            if old is not None:
+                removed.append(n)
+                previous[n] = old
         if self.on_update is not None and (accepted or removed):
             self.on_update(type_url, accepted, removed)
-        after = _AFTER.get(type_url)
-        if after is not None:
-            after(self, accepted, removed)
+        if type_url == T.LISTENER:
+            self._after_listeners(accepted, removed, previous)
+        else:
+            after = _AFTER.get(type_url)
+            if after is not None:
+                after(self, accepted, removed)
         return errors
 
     def _after_clusters(self, accepted, removed) -> None:
@@ -106,7 +121,13 @@ class Catalog:
         self._maybe_clusters_initialized()
         self._update_cds_pause()
 
-    def _after_listeners(self, accepted, removed) -> None:
+    def _after_listeners(self, accepted, removed, previous) -> None:
+        # A replaced or removed listener drains with its old configuration (for
+        # --drain-time-s), and keeps its route configurations watched until it is gone.
+        for name, old in previous.items():
+            new = self.resources[T.LISTENER].get(name)
+            if new is None or V.rds_names(new.message) != V.rds_names(old.message):
+                self.draining_listeners.append((name, frozenset(V.rds_names(old.message))))
         for r in accepted:
             if self._listener_waits(r):
                 self.warming_listeners.add(r.name)
@@ -114,12 +135,26 @@ class Catalog:
                 self.warming_listeners.discard(r.name)
         for n in removed:
             self.warming_listeners.discard(n)
+        self._watch_routes()
+        self.lds_initialized = True
+        self._maybe_ready()
+
+    def _watch_routes(self) -> None:
         names = set()
         for r in self.resources[T.LISTENER].values():
             names |= V.rds_names(r.message)
+        for _, held in self.draining_listeners:
+            names |= held
         self._watch(T.ROUTE, names)
-        self.lds_initialized = True
-        self._maybe_ready()
+
+    def drained(self, listener_name: str) -> None:
+        """The server reports that the old versions of a listener finished draining: their
+        route configurations are no longer needed."""
+        before = len(self.draining_listeners)
+        self.draining_listeners = [(n, h) for n, h in self.draining_listeners
+                                   if n != listener_name]
+        if len(self.draining_listeners) != before:
+            self._watch_routes()
 
     def _watch(self, type_url: str, names: set) -> None:
         """Watch exactly ``names`` of a named type; forget what is no longer watched."""
@@ -206,7 +241,7 @@ class Catalog:
 
 
 _AFTER = {T.CLUSTER: Catalog._after_clusters, T.ENDPOINT: lambda c, a, r: c._rewarm(),
-          T.LISTENER: Catalog._after_listeners, T.ROUTE: lambda c, a, r: c._rewarm()}
+          T.ROUTE: lambda c, a, r: c._rewarm()}
 
 
 class _CatalogHandler(Handler):

@@ -25,7 +25,6 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-import logging
 
 from envoy.service.discovery.v3 import discovery_pb2
 from google.rpc import status_pb2
@@ -34,8 +33,6 @@ from meshproxy.xds import types as T
 from meshproxy.xds.resources import (INTERNAL, Update, UpdateRejected, decode_delta,
                                      rejection_message, truncate)
 from meshproxy.xds.sotw import Outcome
-
-log = logging.getLogger("meshproxy.xds")
 
 WILDCARD = "*"
 
@@ -250,7 +247,6 @@ class DeltaState:
                 self.ttl.clear(name)
 
     def _nack(self, resp, message, seen, whole=False):
-        log.warning("delta config for %s rejected: %s", self.type_url, message)
         error = status_pb2.Status(code=INTERNAL, message=truncate(message))
         return (Ack(self.type_url, resp.nonce, error),
                 Outcome(True, message, frozenset(seen), whole_rejected=whole))

@@ -7,7 +7,7 @@ from meshproxy.xds import types as T
 
 
 def step(r) -> str:
-    """``ACK CDS v=c1 n=3 [a,b]``; delta: ``+[a] -[b]`` and ``init{a:1}``; ``NACK(13)`` for an
+    """``ACK CDS v=c1 n=3 [a,b]``; delta: ``+[a] -[b]`` and ``init{a=1}``; ``NACK(13)`` for an
     error; ``*node`` when the request carries the node."""
     kind = f"NACK({r.error[0]})" if r.error else ("ACK" if r.nonce else "REQ")
     parts = [kind, T.short(r.type_url)]
@@ -20,7 +20,7 @@ def step(r) -> str:
         if r.unsubscribe:
             parts.append("-[" + ",".join(r.unsubscribe) + "]")
         if r.initial_versions:
-            parts.append("init{" + ",".join(n for n, _ in r.initial_versions) + "}")
+            parts.append("init{" + ",".join(f"{n}={v}" for n, v in r.initial_versions) + "}")
     else:
         parts.append("[" + ",".join(r.names) + "]")
     if r.has_node:

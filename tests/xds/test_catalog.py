@@ -161,3 +161,16 @@ def test_invalid_listener_and_route_are_refused_by_the_static_translation():
     h.push(T.ROUTE, "r2", bad_route)
     [nack] = h.mux.take_requests()
     assert nack.version_info == "r1" and "virtual_hosts[0].domains" in nack.error_detail.message
+
+
+def test_a_replaced_listener_keeps_its_routes_watched_while_it_drains():
+    h = Harness()
+    initial_sync(h)
+    h.sent()
+    h.push(T.LISTENER, "l2", B.listener("http", "route2"))
+    assert h.sent() == ["ACK RDS r1 route1,route2", "ACK LDS l2"]
+    h.push(T.ROUTE, "r2", B.route("route1", "backend"), B.route("route2", "backend"))
+    assert h.sent() == ["ACK RDS r2 route1,route2"]
+    h.catalog.drained("http")
+    assert h.sent() == ["ACK RDS r2 route2"]
+    assert set(h.catalog.resources[T.ROUTE]) == {"route2"}
