@@ -94,6 +94,10 @@ def to_any(type_url: str, resource) -> tuple[str, any_pb2.Any]:
     return T.resource_name(type_url, msg), a
 
 
+_FILE_KEYS = {"clusters": T.CLUSTER, "endpoints": T.ENDPOINT, "listeners": T.LISTENER,
+              "routes": T.ROUTE, "secrets": T.SECRET}
+
+
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(seconds * 1e9))
@@ -208,6 +212,28 @@ class ControlPlane:
             digest = hashlib.sha256(a.SerializeToString(deterministic=True)).hexdigest()[:12]
             entries[name] = _Entry(name, a, digest, (ttl or {}).get(name))
         self._call(self._set(type_url, entries, version, push))
+
+    def load_file(self, path: str, version: str, *, push: bool = True) -> dict:
+        """Serve the resources of a YAML or JSON file at ``version``: a mapping of type (a type
+        URL, or ``clusters``/``endpoints``/``listeners``/``routes``/``secrets``) to a list of
+        resources, or a list of resources that each carry their ``@type``. Returns
+        {type_url: [names]}."""
+        from meshproxy.config.bootstrap import parse_yaml
+        with open(path) as f:
+            data = parse_yaml(f.read(), path)
+        by_type: dict[str, list] = {}
+        if isinstance(data, dict):
+            for key, items in data.items():
+                by_type.setdefault(_FILE_KEYS.get(key, key), []).extend(items or [])
+        else:
+            for item in data or []:
+                item = dict(item)
+                by_type.setdefault(item.pop("@type"), []).append(item)
+        out = {}
+        for type_url, items in by_type.items():
+            self.set_resources(type_url, items, version, push=push)
+            out[type_url] = sorted(self.snapshot(type_url).entries)
+        return out
 
     async def _set(self, type_url, entries, version, push):
         snap = self._snapshots.setdefault(type_url, _TypeSnapshot())

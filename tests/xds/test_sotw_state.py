@@ -190,3 +190,17 @@ def test_error_message_is_truncated_like_envoy():
     st.handle(B.sotw(T.CLUSTER, "v1", "n1", B.cluster("a")), Recorder(reject={"a": "x" * 5000}).apply)
     msg = st.request().error_detail.message
     assert len(msg) == 4096 + len("...(truncated)") and msg.endswith("...(truncated)")
+
+
+def test_every_response_is_processed_whatever_its_nonce():
+    """Envoy's client never drops a response for its nonce (grpc_mux_impl.cc has no such
+    check; stale nonces are a server-side rule): two pushes in a row are both applied, and the
+    requests echo each nonce in turn."""
+    st, h = SotwState(T.CLUSTER), Recorder()
+    st.handle(B.sotw(T.CLUSTER, "v1", "5", B.cluster("a")), h.apply)
+    first = st.request()
+    st.handle(B.sotw(T.CLUSTER, "v2", "3", B.cluster("b")), h.apply)     # "older" nonce
+    second = st.request()
+    assert [u.version_info for u in h.updates] == ["v1", "v2"]
+    assert [(r.version_info, r.response_nonce) for r in (first, second)] == \
+        [("v1", "5"), ("v2", "3")]
