@@ -192,6 +192,9 @@ class AdsClient:
                 self.mux.on_response(resp)
         except grpc.aio.AioRpcError as exc:
             self.last_close = f"{exc.code().name}: {exc.details()}"
+        except Exception as exc:  # noqa: BLE001 - a bug in an owner must not end xDS for good
+            log.exception("xDS: stream to %s failed", self.target)
+            self.last_close = f"{type(exc).__name__}: {exc}"
         finally:
             if writer is not None:
                 writer.cancel()

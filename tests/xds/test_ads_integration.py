@@ -211,3 +211,32 @@ def test_uvloop_runs_the_client(tmp_path):
                 await p.close()
         uvloop.run(asyncio.wait_for(body(), 30))
         assert steps(cp.requests) == INITIAL_DELTA
+
+
+def test_an_owner_that_raises_outside_apply_costs_a_reconnect_not_the_client(control_plane):
+    cp = control_plane
+    serve_initial(cp)
+
+    async def body():
+        p = Proxy(cp, False)
+        real = p.catalog.failure
+        calls = []
+
+        def failing(f):
+            calls.append(f)
+            if len(calls) == 1 and f.reason == "rejected":
+                raise RuntimeError("owner bug")
+            real(f)
+        p.catalog.failure = failing
+        p.start()
+        try:
+            await cp.wait_for_async(acked(T.ROUTE))
+            cp.set_resources(T.CLUSTER, [B.cluster("backend"), B.bad_cluster()], "c2")
+            # the failure hook blew up: the stream is dropped and re-made, the NACK repeated
+            await cp.wait_for_async(lambda rs: sum(1 for r in rs if r.error) >= 1
+                                    and any(r.stream == 2 and r.type_url == T.ROUTE and r.nonce
+                                            for r in rs))
+            assert p.client.streams_started == 2 and "owner bug" in p.client.last_close
+        finally:
+            await p.close()
+    run(body)
