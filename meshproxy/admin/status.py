@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from meshproxy import __version__
 from meshproxy.admin.handlers import HTML, JSON, PLAIN, TEXT, Response, index_html
 from meshproxy.config.protos import message_class
+from meshproxy.listener.addresses import address_text
 from meshproxy.stats.re2 import Re2Error, compile_re2
 
 # The Envoy release whose behaviour meshproxy reproduces; reported as the node's user agent
@@ -249,20 +250,21 @@ def _cluster_status(cs, c) -> None:
 
 
 def h_listeners(ctx, q):
+    """Envoy's ``ListenersHandler``: one text line per address (``name::address``); in JSON
+    the main address is ``local_address`` and the rest ``additional_local_addresses``."""
     lm = ctx.listener_manager
     msg = message_class("envoy.admin.v3.Listeners")()
     lines = []
     for name, al in lm.listeners.items():
-        a = al.bound_address or al.config.address
         ls = msg.listener_statuses.add(name=name)
-        if al.config.unix:
-            ls.local_address.pipe.path = str(a)
-            lines.append(f"{name}::{a}\n")
-        else:
-            h, p = a[0], a[1]
-            ls.local_address.socket_address.address = h
-            ls.local_address.socket_address.port_value = p
-            lines.append(f"{name}::[{h}]:{p}\n" if ":" in h else f"{name}::{h}:{p}\n")
+        for i, (a, unix) in enumerate(al.local_addresses()):
+            pa = ls.local_address if i == 0 else ls.additional_local_addresses.add()
+            if unix:
+                pa.pipe.path = str(a)
+            else:
+                pa.socket_address.address = a[0]
+                pa.socket_address.port_value = a[1]
+            lines.append(f"{name}::{address_text(a, unix)}\n")
     if q.get("format") == "json":
         return Response(200, pretty(msg), JSON)
     return Response(200, "".join(lines))

@@ -114,6 +114,7 @@ class ServerConfig:
 
 def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
     """Translate every static resource; any error is a ConfigError naming the field."""
+    from meshproxy.listener.addresses import check_unique_addresses
     from meshproxy.listener.config import build_listener_config
     from meshproxy.stats.config import from_bootstrap
     from meshproxy.upstream.cluster_config import build_cluster_config, socket_address
@@ -134,7 +135,6 @@ def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
         clusters.append(cfg)
     listeners = []
     lnames = set()
-    addresses = {}
     for i, lst in enumerate(sr.listeners):
         path = f"static_resources.listeners[{i}]"
         cfg = build_listener_config(lst, path, cluster_names=names)
@@ -142,14 +142,10 @@ def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
             raise ConfigError(join(path, "name"), f"error adding listener named '{cfg.name}': "
                                                   f"duplicate listener name")
         lnames.add(cfg.name)
-        if cfg.bind_to_port:
-            key = (cfg.address if cfg.unix else tuple(cfg.address))
-            if key in addresses and cfg.address[-1] != 0:
-                raise ConfigError(join(path, "address"),
-                                  f"error adding listener '{cfg.name}': listener "
-                                  f"'{addresses[key]}' has the same address")
-            addresses[key] = cfg.name
         listeners.append(cfg)
+    # Two listeners may not share an address, main or additional (Envoy's listener manager).
+    check_unique_addresses(listeners, [f"static_resources.listeners[{i}]"
+                                       for i in range(len(listeners))])
     admin_address = None
     admin_unix = False
     if bootstrap.HasField("admin") and bootstrap.admin.HasField("address"):

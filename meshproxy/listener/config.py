@@ -12,10 +12,10 @@ from __future__ import annotations
 from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
+from meshproxy.listener.addresses import ListenAddress, address_text, build_listen_addresses
 from meshproxy.listener.chain_match import FilterChainMatcher
 from meshproxy.listener.listener_filters import build_listener_filters
 from meshproxy.stats import stat_block
-from meshproxy.upstream.cluster_config import socket_address
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -65,16 +65,22 @@ class FilterChain:
 
 
 class ListenerConfig:
-    __slots__ = ("name", "address", "unix", "stat_name", "chains", "default_chain", "buffer_limit",
-                 "bind_to_port", "reuse_port", "backlog", "traffic_direction", "transparent",
-                 "freebind", "ipv4_compat", "matcher", "listener_filters", "use_original_dst",
-                 "filters_timeout", "continue_on_timeout", "proto")
+    """``address``/``unix``/``ipv4_compat`` describe the main address; ``addresses`` holds it
+    first and then the ``additional_addresses`` (``listener.addresses.ListenAddress``)."""
+
+    __slots__ = ("name", "address", "unix", "addresses", "stat_name", "chains", "default_chain",
+                 "buffer_limit", "bind_to_port", "reuse_port", "backlog", "traffic_direction",
+                 "transparent", "freebind", "ipv4_compat", "matcher", "listener_filters",
+                 "use_original_dst", "filters_timeout", "continue_on_timeout", "proto")
 
     def __init__(self, **kw):
         for n in self.__slots__:
             setattr(self, n, kw.get(n))
         if self.listener_filters is None:
             self.listener_filters = ()
+        if self.addresses is None:
+            self.addresses = (ListenAddress(self.address, bool(self.unix),
+                                            bool(self.ipv4_compat)),)
 
     def select_filter_chain(self, info):
         """The filter chain for a connection (``info``: chain_match.ConnInfo, or None when the
@@ -97,11 +103,7 @@ def listener_stat_name(address, unix: bool, stat_prefix: str) -> str:
     (``listener.0.0.0.0_15001.``, ``listener.[__1]_80.``)."""
     if stat_prefix:
         return stat_prefix
-    if unix:
-        return str(address).replace(":", "_")
-    host, port = address
-    text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return text.replace(":", "_")
+    return address_text(address, unix).replace(":", "_")
 
 
 def _empty_match(fcm) -> bool:
@@ -152,7 +154,8 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
         if lst.HasField("internal_listener") or lst.HasField("api_listener"):
             raise ConfigError(path, "internal and API listeners are not supported by meshproxy")
         raise ConfigError(join(path, "address"), "value is required")
-    address, unix = socket_address(lst.address, join(path, "address"))
+    addresses = build_listen_addresses(lst, path)
+    address, unix = addresses[0].address, addresses[0].unix
     listener_filters = build_listener_filters(lst.listener_filters, path)
     if lst.HasField("filter_chain_matcher"):
         raise ConfigError(join(path, "filter_chain_matcher"),
@@ -178,6 +181,7 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
         name=lst.name or listener_stat_name(address, unix, ""),
         address=address,
         unix=unix,
+        addresses=addresses,
         stat_name=listener_stat_name(address, unix, lst.stat_prefix),
         chains=tuple(chains),
         default_chain=default,
@@ -193,6 +197,6 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
         traffic_direction=lst.traffic_direction,
         transparent=wrapped(lst, "transparent", False),
         freebind=wrapped(lst, "freebind", False),
-        ipv4_compat=lst.address.socket_address.ipv4_compat,
+        ipv4_compat=addresses[0].ipv4_compat,
         proto=lst,
     )

@@ -1,8 +1,9 @@
 """The listener manager: binds listener sockets and accepts connections onto them.
 
-Sockets are bound with SO_REUSEADDR (and SO_REUSEPORT unless ``enable_reuse_port`` is false),
-as Envoy binds them, before the loop serves them; a bind failure stops start-up with the
-listener's name in the error.
+One socket per listener address (``address`` and each of ``additional_addresses``), bound with
+SO_REUSEADDR (and SO_REUSEPORT unless ``enable_reuse_port`` is false) and the address's socket
+options, as Envoy binds them, before the loop serves them; a bind failure stops start-up with
+the address in the error. Connections from every socket of a listener are its own.
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ import logging
 import socket
 
 from meshproxy.http.hcm_config import HcmStats
+from meshproxy.listener.addresses import (
+    STATE_BOUND,
+    STATE_LISTENING,
+    STATE_PREBIND,
+    address_text,
+    handoff_keys,
+)
 from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats, ListenerStats
 from meshproxy.network.connection import DownstreamConnection
 from meshproxy.network.tcp_proxy import TcpStats
@@ -41,8 +49,8 @@ class ActiveListener:
         self.stats.mark_used("downstream_cx_active", "downstream_pre_cx_active",
                              "worker_0.downstream_cx_active", "main_thread.downstream_cx_active")
         self.connections: set = set()
-        self.server = None
-        self.sock = None
+        self.servers: list = []
+        self.socks: list = []
         self.draining = False
 
     def on_connection_open(self, conn) -> None:
@@ -71,13 +79,27 @@ class ActiveListener:
         st.main_thread__downstream_cx_active -= 1
 
     def bind(self) -> None:
+        """Bind one socket per address (main first), as Envoy creates one listen socket
+        factory per address; if any fails, close the ones already bound."""
         cfg = self.config
+        socks = []
         try:
-            if cfg.unix:
+            for la in cfg.addresses:
+                socks.append(self._bind_one(la))
+        except BindError:
+            for s in socks:
+                s.close()
+            raise
+        self.socks = socks
+
+    def _bind_one(self, la):
+        cfg = self.config
+        sock = None
+        try:
+            if la.unix:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.bind(cfg.address)
             else:
-                host, port = cfg.address
+                host, port = la.address
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -86,30 +108,72 @@ class ActiveListener:
                 if family == socket.AF_INET6:
                     # Envoy binds IPv6 only, unless the address sets ipv4_compat.
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
-                                    0 if cfg.ipv4_compat else 1)
+                                    0 if la.ipv4_compat else 1)
                 if cfg.transparent:
                     sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT
                 if cfg.freebind:
                     sock.setsockopt(socket.SOL_IP, 15, 1)  # IP_FREEBIND
-                sock.bind((host, port))
+            if not all(o.apply(sock) for o in la.options(STATE_PREBIND)):
+                raise BindError("ListenSocket: Setting socket options failed")
+            sock.bind(la.address)
+            if not all(o.apply(sock) for o in la.options(STATE_BOUND)):
+                raise BindError(f"{cfg.name}: Setting socket options failed")
             sock.listen(cfg.backlog)
             sock.setblocking(False)
         except OSError as exc:
-            raise BindError(f"cannot bind '{_addr_text(cfg)}': {exc.strerror or exc}") from None
-        self.sock = sock
+            if sock is not None:
+                sock.close()
+            raise BindError(f"cannot bind '{la.text}': {exc.strerror or exc}") from None
+        except BindError:
+            sock.close()
+            raise
+        return sock
+
+    def apply_listening_options(self):
+        """STATE_LISTENING socket options, after listen(); the text of the first failure
+        (Envoy's ``doFinalPreWorkerInit``), else None."""
+        for la, sock in zip(self.config.addresses, self.socks):
+            if not all(o.apply(sock) for o in la.options(STATE_LISTENING)):
+                text = la.text if la.unix else \
+                    address_text((la.address[0], sock.getsockname()[1]), False)
+                return f"cannot set post-listen socket option on socket: {text}"
+        return None
+
+    def close_sockets(self) -> None:
+        for s in self.socks:
+            s.close()
+        self.socks = []
+
+    @property
+    def sock(self):
+        return self.socks[0] if self.socks else None
 
     @property
     def bound_address(self):
-        return self.sock.getsockname() if self.sock is not None else None
+        """Where the main address is bound (its real port when configured with port 0)."""
+        return self.socks[0].getsockname() if self.socks else None
+
+    def local_addresses(self) -> list:
+        """(address, unix) of every address, as bound, else as configured (a listener that
+        does not bind): what Envoy's socket factories report as ``localAddress()``."""
+        out = []
+        for i, la in enumerate(self.config.addresses):
+            if la.unix or i >= len(self.socks):
+                out.append((la.address, la.unix))
+            else:
+                out.append(((la.address[0], self.socks[i].getsockname()[1]), False))
+        return out
 
     async def start(self) -> None:
         loop = self.ctx.loop
-        self.server = await loop.create_server(lambda: DownstreamConnection(self), sock=self.sock)
+        for sock in self.socks:
+            self.servers.append(await loop.create_server(lambda: DownstreamConnection(self),
+                                                         sock=sock))
 
     def stop_accepting(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        for server in self.servers:
+            server.close()
+        self.servers = []
 
     def start_drain(self) -> None:
         """Stop taking new connections' requests gracefully: HTTP connections close after
@@ -122,13 +186,6 @@ class ActiveListener:
 
     def __repr__(self):
         return f"<ActiveListener {self.config.name} {len(self.connections)} connections>"
-
-
-def _addr_text(cfg) -> str:
-    if cfg.unix:
-        return str(cfg.address)
-    h, p = cfg.address
-    return f"[{h}]:{p}" if ":" in h else f"{h}:{p}"
 
 
 class ListenerManager:
@@ -144,25 +201,35 @@ class ListenerManager:
 
     def find_handoff(self, addr, origin):
         """The listener a ``use_original_dst`` listener hands a connection to (Envoy's
-        ``getBalancedHandlerByAddress``): the one configured on exactly ``IP:port``, else on
-        the wildcard address with that port; None keeps it on ``origin`` (so a connection
-        addressed to the catch-all itself cannot loop)."""
+        ``getBalancedHandlerByAddress``): the one with exactly ``IP:port`` among its addresses
+        (main or additional), else the one with the wildcard of that family on that port;
+        None keeps it on ``origin`` (so a connection addressed to the catch-all itself cannot
+        loop)."""
         if not isinstance(addr, tuple):
             return None
         ip, port = addr[0], addr[1]
-        if ip.startswith("::ffff:") and "." in ip:
-            ip = ip[7:]
-        for key in ((ip, port), ("::" if ":" in ip else "0.0.0.0", port)):
-            target = self._by_address.get(key)
-            if target is not None:
-                return None if target is origin else target
-        return None
+        by_address = self._by_address
+        target = by_address.get((ip, port))
+        if target is None:
+            target = by_address.get(("::" if ":" in ip else "0.0.0.0", port))
+        return None if target is origin else target
+
+    def _index_addresses(self) -> None:
+        """Envoy's ``tcp_listener_map_by_address_``, filled listener by listener: each address
+        as bound; a dual-stack (``ipv4_compat``) IPv6 address also under its IPv4 form, where
+        ``::`` yields ``0.0.0.0`` only to a port no IPv4 wildcard listener has."""
+        index: dict = {}
+        for al in self.listeners.values():
+            for la, (addr, unix) in zip(al.config.addresses, al.local_addresses()):
+                for key, compat in handoff_keys(la, None if unix else addr):
+                    if compat and key[0] == "0.0.0.0" and key in index:
+                        continue
+                    index[key] = al
+        self._by_address = index
 
     def add(self, config) -> ActiveListener:
         al = ActiveListener(config, self.ctx)
         per_listener_http: dict[str, object] = {}
-        if not config.unix:
-            self._by_address.setdefault((config.address[0], config.address[1]), al)
         for chain in config.all_chains():
             chain.ctx = self.ctx
             cfg = chain.config
@@ -197,12 +264,24 @@ class ListenerManager:
                     bound.append(al)
         except BindError:
             for al in bound:
-                al.sock.close()
+                al.close_sockets()
             self.stats.listener_create_failure += 1
             raise
         for al in bound:
+            failure = al.apply_listening_options()
+            if failure is not None:
+                # Envoy: "final pre-worker listener init ... failed"; the listener is removed
+                # and the server goes on without it.
+                log.error("final pre-worker listener init for listener '%s' failed: %s",
+                          al.config.name, failure)
+                al.close_sockets()
+                del self.listeners[al.config.name]
+                self.stats.listener_create_failure += 1
+                self.stats.listener_removed += 1
+                continue
             await al.start()
             self.stats.listener_create_success += 1
+        self._index_addresses()
         self.stats.total_listeners_active = len(self.listeners)
         self.stats.workers_started = 1
 
@@ -222,12 +301,16 @@ class ListenerManager:
             al.stop_accepting()
 
     def bound_addresses(self) -> set:
-        """(ip, port) of every bound listener socket, as configured and as bound."""
+        """(ip, port) of every bound listener socket (every address), as configured and as
+        bound."""
         out = set()
         for al in self.listeners.values():
-            if al.sock is not None and not al.config.unix:
-                out.add(tuple(al.config.address))
-                out.add(tuple(al.sock.getsockname()[:2]))
+            if not al.socks:
+                continue
+            for la, (addr, unix) in zip(al.config.addresses, al.local_addresses()):
+                if not unix:
+                    out.add(tuple(la.address))
+                    out.add(tuple(addr))
         return out
 
     def active_connections(self) -> int:

@@ -28,6 +28,13 @@ log = logging.getLogger("meshproxy.connection")
 _LINGER_RST = struct.pack("ii", 1, 0)
 
 
+def _unmap(addr):
+    ip = addr[0]
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:], addr[1]
+    return addr
+
+
 def reset_transport(transport) -> None:
     """Close with RST rather than FIN (SO_LINGER 0): how Envoy passes a reset on."""
     sock = transport.get_extra_info("socket")
@@ -68,8 +75,16 @@ class DownstreamConnection(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         self.out = BatchedWriter(transport, batch_for(self.listener.ctx.loop))
-        self.remote_address = transport.get_extra_info("peername")
-        self.local_address = transport.get_extra_info("sockname")
+        remote = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if len(local) == 4 and local[0].startswith("::ffff:"):
+            # An IPv4 connection on a dual-stack (ipv4_compat) socket: Envoy reports both ends
+            # as IPv4 (addressFromSockAddr with v6only false), for filter chain matching,
+            # original_dst hand-off and everything after.
+            local = _unmap(local)
+            remote = _unmap(remote)
+        self.remote_address = remote
+        self.local_address = local
         listener = self.listener
         listener.connections.add(self)
         if listener.config.listener_filters:
