@@ -15,6 +15,7 @@ import os
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 from meshproxy.router.header_mutation import build_mutation
+from meshproxy.upstream.hash_policy import build_hash_policy
 from meshproxy.router.matchers import (check_header_chars, regex_field, build_header_matcher,
                                        build_query_matcher, compile_rewrite)
 from meshproxy.router.route_table import (
@@ -270,10 +271,7 @@ def _build_action(a, path, ctx) -> RouteAction:
             _non_negative(msd, f, join(path, "max_stream_duration"))
         kw["max_stream_duration"] = duration(msd, "max_stream_duration", None)
         kw["grpc_timeout_header_max"] = duration(msd, "grpc_timeout_header_max", None)
-    for i, hp in enumerate(a.hash_policy):
-        if hp.WhichOneof("policy_specifier") is None:
-            raise ConfigError(f"{join(path, 'hash_policy')}[{i}]", "value is required")
-    kw["hash_policy"] = tuple(a.hash_policy)
+    kw["hash_policy"] = build_hash_policy(a.hash_policy, path)
     kw["upgrade_configs"] = {u.upgrade_type.lower(): wrapped(u, "enabled", True)
                              for u in a.upgrade_configs}
     kw["priority"] = a.priority

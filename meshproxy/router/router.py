@@ -28,6 +28,7 @@ from meshproxy.router.control_headers import EXPECTED_HDR, consume_control_heade
 from meshproxy.router.rewrite import finalize_request_headers
 from meshproxy.router.upstream_request import UpstreamRequest
 from meshproxy.upstream.h1_connection import OVERFLOW
+from meshproxy.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
 from meshproxy.upstream.retry_state import LIMIT_EXCEEDED, YES, RetryState
 
 _SERVICE_TIME_HDR = b"x-envoy-upstream-service-time"
@@ -266,6 +267,9 @@ class Router:
     def on_upstream_headers(self, upstream, resp, end_stream: bool) -> None:
         stream = self.stream
         status = resp.status
+        mon = upstream.host.outlier     # outlier detection: Filter::onUpstreamHeaders
+        if mon is not None:
+            mon.put_http_status(status)
         retry = self.retry
         if retry is None and self.retry_policy is not None:
             if self.retry_policy.may_retry_headers(resp):
@@ -314,6 +318,9 @@ class Router:
         stream = self.stream
         self.upstream = None
         self._cancel_per_try()
+        mon = upstream.host.outlier     # not for a circuit breaker's overflow (Envoy #25487)
+        if mon is not None and reason != OVERFLOW:
+            mon.put_result(LOCAL_ORIGIN_CONNECT_FAILED)
         if stream.done:
             return
         if stream.response_started:
@@ -354,6 +361,8 @@ class Router:
             return
         self.cluster.stats.upstream_rq_per_try_timeout += 1
         up.host.stats.rq_timeout += 1
+        if up.host.outlier is not None:
+            up.host.outlier.put_result(LOCAL_ORIGIN_TIMEOUT, 504)
         self.upstream = None
         up.abort()
         retry = self._retry_state()
@@ -373,6 +382,8 @@ class Router:
             up.host.stats.rq_timeout += 1
             self.upstream = None
             up.abort()
+            if up.awaiting_headers and up.host.outlier is not None:
+                up.host.outlier.put_result(LOCAL_ORIGIN_TIMEOUT, 504)
             if up.awaiting_headers and not stream.response_started:
                 cluster.charge(504, self.internal)
                 up.host.stats.rq_error += 1

@@ -9,6 +9,8 @@ attached to a connection, as Envoy does.
 
 from __future__ import annotations
 
+from meshproxy.upstream.outlier import LOCAL_ORIGIN_CONNECT_SUCCESS
+
 
 class UpstreamRequest:
     __slots__ = ("router", "cluster", "host", "pool", "conn", "finished", "pending",
@@ -35,6 +37,8 @@ class UpstreamRequest:
             conn.reset()
             return
         self.conn = conn
+        if self.host.outlier is not None:
+            self.host.outlier.put_result(LOCAL_ORIGIN_CONNECT_SUCCESS)
         pending = self.pending
         end_stream = self.end_pending and not pending
         conn.send_headers(self.router.stream.request, end_stream)

@@ -119,6 +119,12 @@ class Cluster:
         self.initialized = config.type == "STATIC" or config.type == "ORIGINAL_DST"
         self.dns = None
         self.lb.update(())
+        self.outlier = None
+        if config.outlier is not None:
+            from meshproxy.upstream.outlier import Detector
+            self.outlier = Detector(config.outlier, loop, self._outlier_changed, rng)
+            if loop is not None:
+                self.outlier.start()
         if config.type == "STRICT_DNS":
             self.stats.max_host_weight = 1
         if config.type == "STATIC":
@@ -144,9 +150,16 @@ class Cluster:
             else:
                 self.transport_matches += 1
                 merged.append(h)
+        detector = self.outlier
         for gone in old.values():
             if gone.pool is not None:
                 gone.pool.drain()
+            if detector is not None:
+                detector.remove_host(gone)
+        if detector is not None:
+            for h in merged:
+                if h.outlier is None:
+                    detector.add_host(h)
         self.hosts = merged
         self.lb.update(merged)
         s = self.stats
@@ -157,13 +170,23 @@ class Cluster:
             if len(a) != len(b) or any(x is not y for x, y in zip(a, b)):
                 s.membership_change += 1
         s.membership_total = len(merged)
-        s.membership_healthy = sum(1 for h in merged if h.healthy)
-        s.membership_degraded = sum(1 for h in merged if h.degraded)
+        self._count_health()
         s.membership_excluded = sum(1 for h in merged if h.excluded)
         if self.config.type == "STRICT_DNS" or self.config.type == "EDS":
             # Only dynamic host lists (BaseDynamicClusterImpl::updateDynamicHostList) set it,
             # starting from 1 (Envoy 1.40 shows 1 for a STRICT_DNS name with no addresses).
             s.max_host_weight = max([1] + [h.weight for h in merged])
+
+    def _count_health(self) -> None:
+        s = self.stats
+        s.membership_healthy = sum(1 for h in self.hosts if h.healthy)
+        s.membership_degraded = sum(1 for h in self.hosts if h.degraded)
+
+    def _outlier_changed(self, host) -> None:
+        """A host was ejected or returned: the load balancer sees the new health at once
+        (Envoy's ``reloadHealthyHosts``)."""
+        self.lb.update(self.hosts)
+        self._count_health()
 
     @staticmethod
     def _by_priority(hosts) -> dict:
@@ -231,9 +254,22 @@ class Cluster:
                 used = (self.cb_used and default and n != "rq_retry_open") or None
                 yield f"{prefix}circuit_breakers.{prio}.{n}", "gauge", v, used
 
+    def extra_stat_blocks(self):
+        """(name prefix, block) of the stats a cluster has only with some features:
+        ``outlier_detection.*``, ``ring_hash_lb.*`` / ``maglev_lb.*``."""
+        out = []
+        if self.outlier is not None:
+            out.append(("outlier_detection.", self.outlier.stats))
+        lb_stats = getattr(self.lb, "lb_stats", None)
+        if lb_stats is not None:
+            out.append((self.lb.stat_prefix, lb_stats))
+        return out
+
     def close(self) -> None:
         if self.dns is not None:
             self.dns.stop()
+        if self.outlier is not None:
+            self.outlier.stop()
         for h in self.hosts:
             if h.pool is not None:
                 h.pool.close_all()

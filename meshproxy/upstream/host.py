@@ -25,7 +25,7 @@ class Host:
 
     __slots__ = ("cluster", "address", "hostname", "weight", "health_status", "priority",
                  "locality", "metadata", "stats", "pool", "address_bytes", "address_str",
-                 "outlier_ejected", "unix")
+                 "outlier_ejected", "outlier", "unix")
 
     def __init__(self, cluster, address, hostname: str = "", weight: int = 1,
                  health_status: int = UNKNOWN, priority: int = 0, locality=None, metadata=None,
@@ -42,6 +42,7 @@ class Host:
         self.stats = HostStats()
         self.pool = None
         self.outlier_ejected = False
+        self.outlier = None     # the outlier detector's HostMonitor, when the cluster has one
         self.set_address(address)
 
     def set_address(self, address) -> None:

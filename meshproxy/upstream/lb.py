@@ -16,6 +16,7 @@ Host selection follows Envoy's ``source/common/upstream/load_balancer_impl.cc``
   LEAST_REQUEST: equal weights pick the host with the fewest active requests among
   ``choice_count`` random draws (P2C); unequal weights use EDF with the weight divided by
   ``(active_requests + 1) ** active_request_bias``. RANDOM: uniform, ignoring weights (as Envoy).
+  RING_HASH and MAGLEV are in ``hash_lb``.
 """
 
 from __future__ import annotations
@@ -232,4 +233,7 @@ def make_lb(policy: str, cfg, stats=None, rng=None):
         return LeastRequest(cfg.lr_choice_count, cfg.lr_active_request_bias, **kw)
     if policy in ("RANDOM", "CLUSTER_PROVIDED"):
         return Random(**kw)
+    if policy in ("RING_HASH", "MAGLEV") and getattr(cfg, "hash_lb", None) is not None:
+        from meshproxy.upstream.hash_lb import HashLoadBalancer
+        return HashLoadBalancer(cfg.hash_lb, **kw)
     raise ValueError(policy)

@@ -83,6 +83,8 @@ class ClusterManager:
         self.stats.active_clusters = len(self.clusters)
         prefix = f"cluster.{config.stat_name}."
         self.store.register(prefix, cluster.stats)
+        for sub, block in cluster.extra_stat_blocks():
+            self.store.register(prefix + sub, block)
         cluster._stat_source = lambda c=cluster, p=prefix: c.stat_items(p)
         self.store.add_source(cluster._stat_source)
         if config.type in ("STRICT_DNS", "LOGICAL_DNS"):
@@ -96,6 +98,8 @@ class ClusterManager:
             return
         cluster.close()
         self.store.unregister(cluster.stats)
+        for _, block in cluster.extra_stat_blocks():
+            self.store.unregister(block)
         self.store.remove_source(cluster._stat_source)
         if not modified:
             self.stats.cluster_removed += 1
