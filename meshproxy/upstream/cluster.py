@@ -119,6 +119,9 @@ class Cluster:
         self.initialized = config.type == "STATIC" or config.type == "ORIGINAL_DST"
         self.dns = None
         self.lb.update(())
+        self.cm_stats = None        # the cluster manager's stats (update merging), if managed
+        self._last_update = None    # when the load balancer last took a host-set update
+        self._merge_timer = None
         self.outlier = None
         if config.outlier is not None:
             from meshproxy.upstream.outlier import Detector
@@ -160,6 +163,14 @@ class Cluster:
             for h in merged:
                 if h.outlier is None:
                     detector.add_host(h)
+        if self._merge_timer is not None:
+            # A membership update goes out at once and carries any merged health change.
+            self._merge_timer.cancel()
+            self._merge_timer = None
+            if self.cm_stats is not None:
+                self.cm_stats.update_merge_cancelled += 1
+        if self.hosts and self.loop is not None:
+            self._last_update = self.loop.time()
         self.hosts = merged
         self.lb.update(merged)
         s = self.stats
@@ -183,10 +194,34 @@ class Cluster:
         s.membership_degraded = sum(1 for h in self.hosts if h.degraded)
 
     def _outlier_changed(self, host) -> None:
-        """A host was ejected or returned: the load balancer sees the new health at once
-        (Envoy's ``reloadHealthyHosts``)."""
-        self.lb.update(self.hosts)
+        """A host was ejected or returned (Envoy's ``reloadHealthyHosts``): the membership
+        gauges change at once; the load balancer takes it now or, as Envoy's cluster manager
+        merges health-only updates (``scheduleUpdate``), at the end of the
+        ``update_merge_window`` (1 s) when the previous update was less than a window ago."""
         self._count_health()
+        cm = self.cm_stats
+        window = self.config.update_merge_window_ms
+        loop = self.loop
+        if window and loop is not None:
+            now = loop.time()
+            last = self._last_update
+            if last is not None and int((now - last) * 1000) <= window:
+                if self._merge_timer is None:
+                    self._merge_timer = loop.call_later(window / 1000.0, self._apply_merged)
+                return
+            if cm is not None:
+                cm.update_out_of_merge_window += 1
+            self._last_update = now
+        if cm is not None:
+            cm.cluster_updated += 1
+        self.lb.update(self.hosts)
+
+    def _apply_merged(self) -> None:
+        self._merge_timer = None
+        self._last_update = self.loop.time()
+        if self.cm_stats is not None:
+            self.cm_stats.cluster_updated_via_merge += 1
+        self.lb.update(self.hosts)
 
     @staticmethod
     def _by_priority(hosts) -> dict:
@@ -270,6 +305,9 @@ class Cluster:
             self.dns.stop()
         if self.outlier is not None:
             self.outlier.stop()
+        if self._merge_timer is not None:
+            self._merge_timer.cancel()
+            self._merge_timer = None
         for h in self.hosts:
             if h.pool is not None:
                 h.pool.close_all()

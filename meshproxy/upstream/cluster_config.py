@@ -81,6 +81,7 @@ class ClusterConfig:
     lr_active_request_bias: float
     proto: object = dataclasses.field(compare=False, repr=False)
     hash_lb: HashLbConfig | None = None      # RING_HASH / MAGLEV
+    update_merge_window_ms: int = 1000       # common_lb_config.update_merge_window
     outlier: object = None                   # outlier_config.DetectorConfig
     # ORIGINAL_DST (original_dst_lb_config, cleanup_interval)
     odst_use_http_header: bool = False
@@ -259,10 +260,21 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         lr_active_request_bias=bias,
         proto=c,
         hash_lb=_hash_lb(c, lb, path),
+        update_merge_window_ms=_merge_window(clb, join(path, "common_lb_config")),
         outlier=build_detector_config(c.outlier_detection, join(path, "outlier_detection"))
         if c.HasField("outlier_detection") else None,
         **_original_dst(c, ctype, path),
     )
+
+
+def _merge_window(clb, path: str) -> int:
+    if not clb.HasField("update_merge_window"):
+        return 1000
+    d = clb.update_merge_window
+    if d.seconds < 0 or d.nanos < 0:
+        raise ConfigError(join(path, "update_merge_window"),
+                          "Invalid duration: Expected positive duration")
+    return d.seconds * 1000 + d.nanos // 1000000
 
 
 def _is_prime(n: int) -> bool:

@@ -231,7 +231,7 @@ class HashLoadBalancer:
         self.prio_table = prio_table
         self.tables = tables
 
-    def choose(self, ctx=None, attempt: int = 0):
+    def choose(self, ctx=None):
         h = None
         if ctx is not None:
             route = getattr(ctx, "route", None)
@@ -249,4 +249,16 @@ class HashLoadBalancer:
         table, panic = self.tables[prio]
         if panic and self.stats is not None:
             self.stats.lb_healthy_panic += 1
-        return table.choose(h, attempt)
+        host = table.choose(h, 0)
+        if host is None or ctx is None:
+            return host
+        # A retry host predicate (previous_hosts) is applied here, as Envoy's thread-aware LB
+        # does: up to host_selection_retry_max_attempts more tries, each moving the hash.
+        router = getattr(ctx, "router", None)
+        retry = router.retry if router is not None else None
+        if retry is not None and retry.previous_hosts:
+            for attempt in range(1, retry.max_host_attempts + 1):
+                if not retry.reject_host(host):
+                    break
+                host = table.choose(h, attempt)
+        return host

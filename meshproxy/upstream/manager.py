@@ -74,6 +74,7 @@ class ClusterManager:
         else:
             cluster = Cluster(config, self.loop, self._pool_factory)
         cluster.added_via_api = added_via_api
+        cluster.cm_stats = self.stats
         if old is not None:
             self.remove(config.name, modified=True)
             self.stats.cluster_modified += 1
