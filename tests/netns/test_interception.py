@@ -36,6 +36,7 @@ from tests.netns import (
     require_root_tools,
     unprivileged_python,
 )
+from tests.support.proxies import find_envoy
 
 # Servers listen on [::] for IPv4 and IPv6 at once; an IPv4 peer is reported as a.b.c.d.
 # HTTP/1.1 server: answers "<port> <method> <host> <path> from=<peer ip>" (and closes).
@@ -124,6 +125,8 @@ CAPTURE = ["-p", "15001", "-z", "15006", "-u", str(PROXY_UID), "-i", "*", "-x", 
 TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
        "HttpConnectionManager")
+ROUTER_FILTER = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 ORIGINAL_DST_FILTER = {"name": "envoy.filters.listener.original_dst", "typed_config": {
     "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}
 
@@ -196,7 +199,8 @@ def sidecar_bootstrap(peer_ip: str, tproxy: bool, v6: bool = False) -> dict:
                  "filter_chains": [{"filters": [{
                      "name": "envoy.filters.network.http_connection_manager",
                      "typed_config": {"@type": HCM, "stat_prefix": f"outbound_{http_name}",
-                                      "route_config": http_routes}}]}]},
+                                      "route_config": http_routes,
+                                      "http_filters": [ROUTER_FILTER]}}]}]},
                 {"name": tcp_name, "address": sa(fam.tcp_vip, 9000),
                  "bind_to_port": False, "traffic_direction": "OUTBOUND",
                  "filter_chains": [_tcp("outbound|9000||tcp.mesh", "outbound|9000||tcp.mesh")]},
@@ -214,31 +218,84 @@ def sidecar_bootstrap(peer_ip: str, tproxy: bool, v6: bool = False) -> dict:
     }
 
 
+def dual_stack_bootstrap(peer_ip: str, tproxy: bool) -> dict:
+    """The listeners istiod sends a dual-stack sidecar (ISTIO_DUAL_STACK): each one on the IPv4
+    address with the IPv6 one in ``additional_addresses`` (virtualOutbound 0.0.0.0:15001 +
+    [::]:15001, virtualInbound 0.0.0.0:15006 + [::]:15006, ``0.0.0.0_80`` on 0.0.0.0:80 +
+    [::]:80, a dual-stack TCP service on both of its VIPs). The services' endpoints are IPv4.
+
+    Inbound: current Istio renders one InboundPassthroughCluster bound to 127.0.0.6 with ::6 in
+    ``upstream_bind_config.extra_source_addresses``; meshproxy's clusters do not implement
+    extra_source_addresses yet, so this uses the per-family clusters and filter chains that
+    Istio rendered before (InboundPassthroughClusterIpv4 / Ipv6, chosen by destination prefix).
+    """
+    v4, v6 = Family(False), Family(True)
+    boot = sidecar_bootstrap(peer_ip, tproxy, v6=False)
+    sa = lambda ip, port: {"socket_address": {"address": ip, "port_value": port}}  # noqa: E731
+    listeners = {lst["name"]: lst for lst in boot["static_resources"]["listeners"]}
+    listeners["virtualOutbound"]["additional_addresses"] = [{"address": sa("::", 15001)}]
+    http = listeners["0.0.0.0_80"]
+    http["additional_addresses"] = [{"address": sa("::", 80)}]
+    vhost = http["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"][0]
+    vip6 = v6.url_host(v6.http_vip)
+    vhost["domains"] += [vip6, f"{vip6}:80"]
+    tcp = listeners[f"{v4.tcp_vip}_9000"]
+    tcp["additional_addresses"] = [{"address": sa(v6.tcp_vip, 9000)}]
+    inbound = listeners["virtualInbound"]
+    inbound["additional_addresses"] = [{"address": sa("::", 15006)}]
+    inbound["filter_chains"] = [
+        inbound["filter_chains"][0],                                   # BlackHole on 15006
+        _tcp("InboundPassthroughClusterIpv4", "InboundPassthroughClusterIpv4",
+             {"prefix_ranges": [{"address_prefix": "0.0.0.0", "prefix_len": 0}]}),
+        _tcp("InboundPassthroughClusterIpv6", "InboundPassthroughClusterIpv6",
+             {"prefix_ranges": [{"address_prefix": "::", "prefix_len": 0}]})]
+    clusters = [c for c in boot["static_resources"]["clusters"]
+                if c["name"] != "InboundPassthroughCluster"]
+    for fam, name in ((v4, "InboundPassthroughClusterIpv4"), (v6, "InboundPassthroughClusterIpv6")):
+        clusters.append({"name": name, "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                         "connect_timeout": "1s", "upstream_bind_config": {"source_address": {
+                             "address": fam.inbound_source, "port_value": 0}}})
+    boot["static_resources"]["clusters"] = clusters
+    return boot
+
+
 class Mesh:
     """A pod with capture rules, meshproxy, an app, and servers in the peer namespace."""
 
-    def __init__(self, tproxy: bool = False, v6: bool = False):
+    def __init__(self, tproxy: bool = False, v6: bool = False, dual: bool = False,
+                 proxy: str = "meshproxy"):
+        """``v6``: an IPv6-only pod; ``dual``: a dual-stack pod (IPv4 and IPv6 addresses,
+        Istio's dual-stack listeners, ISTIO_DUAL_STACK capture). ``proxy``: "meshproxy", or
+        "envoy" for the Envoy 1.40 oracle in the same place."""
         self.fam = Family(v6)
-        self.pod = Pod(v4=not v6, v6=v6)
+        self.pod = Pod(v4=not v6, v6=v6 or dual)
         self.pod_ip = self.pod.pod_ip6 if v6 else self.pod.pod_ip
         self.peer_ip = self.pod.peer_ip6 if v6 else self.pod.peer_ip
         self.servers = []
         self.proxy = None
         self.dir = tempfile.mkdtemp(prefix="mp-netns-")
         try:
-            self.pod.tool(*CAPTURE, "-m", "TPROXY" if tproxy else "REDIRECT")
+            self.pod.tool(*CAPTURE, "-m", "TPROXY" if tproxy else "REDIRECT",
+                          env={"ISTIO_DUAL_STACK": "true"} if dual else None)
             peer = self.pod.peer
             self.servers.append(Server(peer, HTTP, "8080,8081"))
             self.servers.append(Server(peer, ECHO, "9000"))
             self.servers.append(Server(self.pod.name, HTTP, "7070,15021"))
             boot = os.path.join(self.dir, "bootstrap.json")
+            config = dual_stack_bootstrap(self.pod.peer_ip, tproxy) if dual else \
+                sidecar_bootstrap(self.peer_ip, tproxy, v6)
             with open(boot, "w") as f:
-                json.dump(sidecar_bootstrap(self.peer_ip, tproxy, v6), f)
+                json.dump(config, f)
             self.log = open(os.path.join(self.dir, "meshproxy.log"), "wb")
             os.chown(self.dir, PROXY_UID, PROXY_UID)   # its working directory
+            if proxy == "envoy":   # the oracle, run exactly as meshproxy is
+                cmd = [find_envoy(), "-c", boot, "-l", "warning", "--disable-hot-restart",
+                       "--concurrency", "1", "--base-id", str(os.getpid() % 50000 + 7)]
+            else:
+                cmd = [sys.executable, "-m", "meshproxy", "-c", boot, "-l", "warning"]
             self.proxy = subprocess.Popen(
-                ["ip", "netns", "exec", self.pod.name,
-                 *as_proxy_user(sys.executable, "-m", "meshproxy", "-c", boot, "-l", "warning")],
+                ["ip", "netns", "exec", self.pod.name, *as_proxy_user(*cmd)],
                 stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir,
                 env=dict(os.environ, PYTHONPATH=os.pathsep.join(
                     x for x in (REPO, os.environ.get("PYTHONPATH")) if x)))
@@ -461,3 +518,113 @@ def test_ipv6_inbound_reaches_the_app_through_15006_from_inbound_passthrough_sou
     ip = mesh6.pod_ip
     out = mesh6.from_peer("curl", "-s", "-m", "5", f"http://[{ip}]:7070/in6")
     assert out == f"7070 GET [{ip}]:7070 /in6 from=::6", out
+
+
+# ---------------------------------------------------------------------- dual-stack pod
+
+
+@pytest.fixture(scope="module", params=[("meshproxy", "REDIRECT"), ("meshproxy", "TPROXY"),
+                                        pytest.param(("envoy", "REDIRECT"),
+                                                     marks=pytest.mark.oracle),
+                                        pytest.param(("envoy", "TPROXY"),
+                                                     marks=pytest.mark.oracle)],
+                ids=lambda p: "-".join(p))
+def mesh_dual(request):
+    """A dual-stack pod (10.x and fd00:x addresses) with Istio's dual-stack listeners
+    (``additional_addresses``) and ISTIO_DUAL_STACK capture for both families; every test
+    runs against meshproxy and, as the oracle, Envoy 1.40 in the same pod shape."""
+    proxy, mode = request.param
+    require_root_tools("iptables", "iptables-save", "iptables-restore", "ip6tables",
+                       "ip6tables-save", "ip6tables-restore", "setpriv", "curl")
+    require_ip6_nat()
+    unprivileged_python()
+    if proxy == "envoy" and find_envoy() is None:
+        pytest.skip("Envoy oracle not installed (run ./scripts/test, or set MESHPROXY_ENVOY)")
+    m = Mesh(tproxy=mode == "TPROXY", dual=True, proxy=proxy)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def _delta(mesh, names, action):
+    before = mesh.stats()
+    action()
+    after = mesh.stats()
+    return [after.get(n, 0) - before.get(n, 0) for n in names]
+
+
+def test_dual_stack_pod_has_capture_rules_for_both_families(mesh_dual):
+    # ISTIO_DUAL_STACK: an IPv6 address anywhere on the pod turns the ip6tables rules on
+    # (without it the first address, IPv4 here, would decide: IPv4 rules only).
+    for v6 in (False, True):
+        rules = mesh_dual.pod.save(ipv6=v6)
+        assert "-A ISTIO_REDIRECT -p tcp -j REDIRECT --to-ports 15001" in rules, (v6, rules)
+        assert f"-A ISTIO_OUTPUT -m owner --uid-owner {PROXY_UID} -j RETURN" in rules, rules
+
+
+def test_dual_stack_listeners_in_admin(mesh_dual):
+    lines = mesh_dual.admin("/listeners").splitlines()
+    for line in ("virtualOutbound::0.0.0.0:15001", "virtualOutbound::[::]:15001",
+                 "virtualInbound::0.0.0.0:15006", "virtualInbound::[::]:15006",
+                 "0.0.0.0_80::0.0.0.0:80", "0.0.0.0_80::[::]:80",
+                 "10.96.0.20_9000::10.96.0.20:9000", "10.96.0.20_9000::[fd00:96::20]:9000"):
+        assert line in lines, (line, lines)
+
+
+def test_dual_stack_both_vips_routed_through_the_same_15001_listener(mesh_dual):
+    pod4 = mesh_dual.pod.pod_ip
+    outs = []
+    # Both families reach virtualOutbound (0.0.0.0:15001 and [::]:15001), which hands every
+    # connection to 0.0.0.0_80 by its IPv4 or IPv6 address; the connection is counted there.
+    names = ["listener.0.0.0.0_80.downstream_cx_total",
+             "cluster.outbound|80||svc.mesh.upstream_rq_200",
+             "listener.0.0.0.0_80.http.outbound_0.0.0.0_80.downstream_rq_2xx",
+             "listener.0.0.0.0_15001.downstream_cx_total"]
+    d = _delta(mesh_dual, names, lambda: outs.extend([
+        mesh_dual.curl("http://10.96.0.10/v4", "-H", "Host: svc.mesh"),
+        mesh_dual.curl("http://[fd00:96::10]/v6", "-H", "Host: svc.mesh"),
+        mesh_dual.curl("http://[fd00:96::10]/v6host")]))
+    # the endpoints are IPv4: the upstream connection leaves from the pod's IPv4 address
+    assert outs[0] == f"8080 GET svc.mesh /v4 from={pod4}", outs
+    assert outs[1] == f"8080 GET svc.mesh /v6 from={pod4}", outs
+    assert outs[2] == f"8080 GET [fd00:96::10] /v6host from={pod4}", outs
+    assert d == [3, 3, 3, 0], d
+    assert not any(k.startswith(("listener.[__]_15001.", "listener.[__]_80."))
+                   for k in mesh_dual.stats())
+
+
+def test_dual_stack_tcp_service_on_both_vips(mesh_dual):
+    outs = []
+    d = _delta(mesh_dual, ["tcp.outbound|9000||tcp.mesh.downstream_cx_total",
+                           "listener.10.96.0.20_9000.downstream_cx_total"],
+               lambda: outs.extend(mesh_dual.app(unprivileged_python(), "-c", TCP_CLIENT, vip,
+                                                 "9000", "100000")
+                                   for vip in ("10.96.0.20", "fd00:96::20")))
+    assert outs == [f"hello from={mesh_dual.pod.pod_ip} echo-ok"] * 2, outs
+    assert d == [2, 2]
+
+
+def test_dual_stack_unknown_destinations_pass_through(mesh_dual):
+    pod, outs = mesh_dual.pod, []
+    d = _delta(mesh_dual, ["cluster.PassthroughCluster.upstream_cx_total",
+                           "listener.0.0.0.0_15001.downstream_cx_total"],
+               lambda: outs.extend([mesh_dual.curl(f"http://{pod.peer_ip}:8081/p4"),
+                                    mesh_dual.curl(f"http://[{pod.peer_ip6}]:8081/p6")]))
+    assert outs[0] == f"8081 GET {pod.peer_ip}:8081 /p4 from={pod.pod_ip}", outs
+    assert outs[1] == f"8081 GET [{pod.peer_ip6}]:8081 /p6 from={pod.pod_ip6}", outs
+    assert d == [2, 2]
+
+
+def test_dual_stack_inbound_over_both_families_through_15006(mesh_dual):
+    pod, outs = mesh_dual.pod, []
+    d = _delta(mesh_dual, ["listener.0.0.0.0_15006.downstream_cx_total",
+                           "cluster.InboundPassthroughClusterIpv4.upstream_cx_total",
+                           "cluster.InboundPassthroughClusterIpv6.upstream_cx_total"],
+               lambda: outs.extend([
+                   mesh_dual.from_peer("curl", "-s", "-m", "5", f"http://{pod.pod_ip}:7070/i4"),
+                   mesh_dual.from_peer("curl", "-s", "-m", "5",
+                                       f"http://[{pod.pod_ip6}]:7070/i6")]))
+    assert outs == [f"7070 GET {pod.pod_ip}:7070 /i4 from=127.0.0.6",
+                    f"7070 GET [{pod.pod_ip6}]:7070 /i6 from=::6"], outs
+    assert d == [2, 1, 1], d
