@@ -260,13 +260,36 @@ def dual_stack_bootstrap(peer_ip: str, tproxy: bool) -> dict:
     return boot
 
 
+def ipv4_compat_bootstrap(peer_ip: str) -> dict:
+    """The dual-stack pod served by single dual-stack sockets instead of address pairs:
+    virtualOutbound and virtualInbound on [::] with ``ipv4_compat`` (IPv4 connections arrive
+    as ::ffff:a.b.c.d and are taken as IPv4), ``[::]_80`` on [::]:80 with ``ipv4_compat``
+    (found for 0.0.0.0:80 too) and the TCP service on ``::ffff:10.96.0.20`` with
+    ``ipv4_compat`` (found for 10.96.0.20) plus its IPv6 VIP."""
+    boot = dual_stack_bootstrap(peer_ip, tproxy=False)
+    compat = lambda ip, port: {"socket_address": {  # noqa: E731
+        "address": ip, "port_value": port, "ipv4_compat": True}}
+    for lst in boot["static_resources"]["listeners"]:
+        name = lst["name"]
+        if name in ("virtualOutbound", "virtualInbound", "0.0.0.0_80"):
+            port = lst["address"]["socket_address"]["port_value"]
+            lst["address"] = compat("::", port)
+            del lst["additional_addresses"]
+            if name == "0.0.0.0_80":
+                lst["name"] = "[::]_80"
+        elif name.endswith("_9000"):
+            lst["address"] = compat("::ffff:10.96.0.20", 9000)
+    return boot
+
+
 class Mesh:
     """A pod with capture rules, meshproxy, an app, and servers in the peer namespace."""
 
     def __init__(self, tproxy: bool = False, v6: bool = False, dual: bool = False,
                  proxy: str = "meshproxy"):
         """``v6``: an IPv6-only pod; ``dual``: a dual-stack pod (IPv4 and IPv6 addresses,
-        Istio's dual-stack listeners, ISTIO_DUAL_STACK capture). ``proxy``: "meshproxy", or
+        Istio's dual-stack listeners, ISTIO_DUAL_STACK capture), or "ipv4_compat" for the same
+        pod served by dual-stack sockets (``ipv4_compat_bootstrap``). ``proxy``: "meshproxy", or
         "envoy" for the Envoy 1.40 oracle in the same place."""
         self.fam = Family(v6)
         self.pod = Pod(v4=not v6, v6=v6 or dual)
@@ -283,8 +306,12 @@ class Mesh:
             self.servers.append(Server(peer, ECHO, "9000"))
             self.servers.append(Server(self.pod.name, HTTP, "7070,15021"))
             boot = os.path.join(self.dir, "bootstrap.json")
-            config = dual_stack_bootstrap(self.pod.peer_ip, tproxy) if dual else \
-                sidecar_bootstrap(self.peer_ip, tproxy, v6)
+            if dual == "ipv4_compat":
+                config = ipv4_compat_bootstrap(self.pod.peer_ip)
+            elif dual:
+                config = dual_stack_bootstrap(self.pod.peer_ip, tproxy)
+            else:
+                config = sidecar_bootstrap(self.peer_ip, tproxy, v6)
             with open(boot, "w") as f:
                 json.dump(config, f)
             self.log = open(os.path.join(self.dir, "meshproxy.log"), "wb")
@@ -628,3 +655,52 @@ def test_dual_stack_inbound_over_both_families_through_15006(mesh_dual):
     assert outs == [f"7070 GET {pod.pod_ip}:7070 /i4 from=127.0.0.6",
                     f"7070 GET [{pod.pod_ip6}]:7070 /i6 from=::6"], outs
     assert d == [2, 1, 1], d
+
+
+# ---------------------------------------------------------------------- dual-stack sockets
+
+
+@pytest.fixture(scope="module", params=["meshproxy", pytest.param("envoy",
+                                                                  marks=pytest.mark.oracle)])
+def mesh_compat(request):
+    """The dual-stack pod with ``ipv4_compat`` listeners (REDIRECT); meshproxy and the Envoy
+    oracle."""
+    require_root_tools("iptables", "iptables-save", "iptables-restore", "ip6tables",
+                       "ip6tables-save", "ip6tables-restore", "setpriv", "curl")
+    require_ip6_nat()
+    unprivileged_python()
+    if request.param == "envoy" and find_envoy() is None:
+        pytest.skip("Envoy oracle not installed (run ./scripts/test, or set MESHPROXY_ENVOY)")
+    m = Mesh(dual="ipv4_compat", proxy=request.param)
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def test_ipv4_compat_sockets_take_both_families(mesh_compat):
+    m, pod, outs = mesh_compat, mesh_compat.pod, []
+    names = ["listener.[__]_80.downstream_cx_total",
+             "listener.[__ffff_10.96.0.20]_9000.downstream_cx_total",
+             "listener.[__]_15001.downstream_cx_total",
+             "cluster.PassthroughCluster.upstream_cx_total",
+             "listener.[__]_15006.downstream_cx_total"]
+    d = _delta(m, names, lambda: outs.extend([
+        # 10.96.0.10:80 is found through [::]:80's IPv4 form (0.0.0.0:80)
+        m.curl("http://10.96.0.10/c4", "-H", "Host: svc.mesh"),
+        m.curl("http://[fd00:96::10]/c6", "-H", "Host: svc.mesh"),
+        # 10.96.0.20:9000 through ::ffff:10.96.0.20 with ipv4_compat
+        m.app(unprivileged_python(), "-c", TCP_CLIENT, "10.96.0.20", "9000", "1000"),
+        # unknown: stays on virtualOutbound, passes through to the IPv4 destination
+        m.curl(f"http://{pod.peer_ip}:8081/u4"),
+        m.curl(f"http://[{pod.peer_ip6}]:8081/u6"),
+        m.from_peer("curl", "-s", "-m", "5", f"http://{pod.pod_ip}:7070/i4"),
+        m.from_peer("curl", "-s", "-m", "5", f"http://[{pod.pod_ip6}]:7070/i6")]))
+    assert outs == [f"8080 GET svc.mesh /c4 from={pod.pod_ip}",
+                    f"8080 GET svc.mesh /c6 from={pod.pod_ip}",
+                    f"hello from={pod.pod_ip} echo-ok",
+                    f"8081 GET {pod.peer_ip}:8081 /u4 from={pod.pod_ip}",
+                    f"8081 GET [{pod.peer_ip6}]:8081 /u6 from={pod.pod_ip6}",
+                    f"7070 GET {pod.pod_ip}:7070 /i4 from=127.0.0.6",
+                    f"7070 GET [{pod.pod_ip6}]:7070 /i6 from=::6"], outs
+    assert d == [2, 1, 2, 2, 2], d
