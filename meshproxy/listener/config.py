@@ -110,7 +110,8 @@ def _empty_match(fcm) -> bool:
     return fcm.ByteSize() == 0
 
 
-def build_filter_chain(fc, path: str, cluster_names) -> FilterChain:
+def build_filter_chain(fc, path: str, cluster_names, rds=None) -> FilterChain:
+    """``rds``: the server's RDS registry when xDS serves route configurations."""
     if fc.HasField("transport_socket"):
         ts = fc.transport_socket
         url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
@@ -133,7 +134,7 @@ def build_filter_chain(fc, path: str, cluster_names) -> FilterChain:
                 raise ConfigError(fpath, "http_connection_manager must be the last network filter")
             from meshproxy.http.hcm_config import build_hcm_config
             terminal = ("http", build_hcm_config(typed, join(fpath, "typed_config"),
-                                                 cluster_names=cluster_names))
+                                                 cluster_names=cluster_names, rds=rds))
         elif tname == TCP_PROXY_TYPE:
             if i != n - 1:
                 raise ConfigError(fpath, "tcp_proxy must be the last network filter")
@@ -149,7 +150,7 @@ def build_filter_chain(fc, path: str, cluster_names) -> FilterChain:
     return FilterChain(fc.name, terminal[0], terminal[1])
 
 
-def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
+def build_listener_config(lst, path: str, cluster_names=None, rds=None) -> ListenerConfig:
     if not lst.HasField("address"):
         if lst.HasField("internal_listener") or lst.HasField("api_listener"):
             raise ConfigError(path, "internal and API listeners are not supported by meshproxy")
@@ -164,7 +165,7 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
     entries = []
     for i, fc in enumerate(lst.filter_chains):
         cpath = f"{join(path, 'filter_chains')}[{i}]"
-        chain = build_filter_chain(fc, cpath, cluster_names)
+        chain = build_filter_chain(fc, cpath, cluster_names, rds)
         chains.append(chain)
         entries.append((fc.filter_chain_match, chain))
     matcher = None
@@ -174,7 +175,7 @@ def build_listener_config(lst, path: str, cluster_names=None) -> ListenerConfig:
     default = None
     if lst.HasField("default_filter_chain"):
         default = build_filter_chain(lst.default_filter_chain,
-                                     join(path, "default_filter_chain"), cluster_names)
+                                     join(path, "default_filter_chain"), cluster_names, rds)
     if not chains and default is None:
         raise ConfigError(join(path, "filter_chains"), "no filter chains specified")
     return ListenerConfig(
