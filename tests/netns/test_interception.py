@@ -260,6 +260,26 @@ def dual_stack_bootstrap(peer_ip: str, tproxy: bool) -> dict:
     return boot
 
 
+def istio_inbound_bootstrap(peer_ip: str) -> dict:
+    """``dual_stack_bootstrap`` with inbound as current Istio renders it for dual-stack: one
+    InboundPassthroughCluster bound to 127.0.0.6, with ::6 in ``extra_source_addresses`` for
+    IPv6 destinations (Envoy picks the source address of the destination's family)."""
+    boot = dual_stack_bootstrap(peer_ip, tproxy=False)
+    sr = boot["static_resources"]
+    inbound = next(lst for lst in sr["listeners"] if lst["name"] == "virtualInbound")
+    inbound["filter_chains"] = [inbound["filter_chains"][0],
+                                _tcp("InboundPassthroughCluster", "InboundPassthroughCluster")]
+    sr["clusters"] = [c for c in sr["clusters"]
+                      if not c["name"].startswith("InboundPassthroughClusterIpv")]
+    sr["clusters"].append({
+        "name": "InboundPassthroughCluster", "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "1s",
+        "upstream_bind_config": {
+            "source_address": {"address": "127.0.0.6", "port_value": 0},
+            "extra_source_addresses": [{"address": {"address": "::6", "port_value": 0}}]}})
+    return boot
+
+
 def ipv4_compat_bootstrap(peer_ip: str) -> dict:
     """The dual-stack pod served by single dual-stack sockets instead of address pairs:
     virtualOutbound and virtualInbound on [::] with ``ipv4_compat`` (IPv4 connections arrive
@@ -308,6 +328,8 @@ class Mesh:
             boot = os.path.join(self.dir, "bootstrap.json")
             if dual == "ipv4_compat":
                 config = ipv4_compat_bootstrap(self.pod.peer_ip)
+            elif dual == "istio_inbound":
+                config = istio_inbound_bootstrap(self.pod.peer_ip)
             elif dual:
                 config = dual_stack_bootstrap(self.pod.peer_ip, tproxy)
             else:
@@ -704,3 +726,26 @@ def test_ipv4_compat_sockets_take_both_families(mesh_compat):
                     f"7070 GET {pod.pod_ip}:7070 /i4 from=127.0.0.6",
                     f"7070 GET [{pod.pod_ip6}]:7070 /i6 from=::6"], outs
     assert d == [2, 1, 2, 2, 2], d
+
+
+@pytest.mark.parametrize("proxy", [
+    pytest.param("envoy", marks=pytest.mark.oracle),
+    pytest.param("meshproxy", marks=pytest.mark.xfail(
+        strict=True, reason="meshproxy's clusters do not implement "
+                            "upstream_bind_config.extra_source_addresses yet (meshproxy/upstream)"))])
+def test_dual_stack_inbound_with_istios_extra_source_address(proxy):
+    require_root_tools("iptables", "iptables-save", "iptables-restore", "ip6tables",
+                       "ip6tables-save", "ip6tables-restore", "setpriv", "curl")
+    require_ip6_nat()
+    unprivileged_python()
+    if proxy == "envoy" and find_envoy() is None:
+        pytest.skip("Envoy oracle not installed (run ./scripts/test, or set MESHPROXY_ENVOY)")
+    m = Mesh(dual="istio_inbound", proxy=proxy)
+    try:
+        pod = m.pod
+        outs = [m.from_peer("curl", "-s", "-m", "5", f"http://{pod.pod_ip}:7070/i4"),
+                m.from_peer("curl", "-s", "-m", "5", f"http://[{pod.pod_ip6}]:7070/i6")]
+    finally:
+        m.close()
+    assert outs == [f"7070 GET {pod.pod_ip}:7070 /i4 from=127.0.0.6",
+                    f"7070 GET [{pod.pod_ip6}]:7070 /i6 from=::6"], outs
