@@ -73,10 +73,6 @@ class ListenAddress:
         self.text = address_text(address, unix)
 
     @property
-    def is_v6(self) -> bool:
-        return not self.unix and ":" in self.address[0]
-
-    @property
     def port(self) -> int:
         return 0 if self.unix else self.address[1]
 
@@ -204,11 +200,12 @@ def handoff_keys(la: ListenAddress, bound=None) -> list:
     return keys
 
 
-def duplicated_address(existing, new) -> ListenAddress | None:
+def duplicated_address(existing, new, existing_texts=None) -> ListenAddress | None:
     """Envoy's ``ListenerImpl::hasDuplicatedAddress`` (``existing`` and ``new`` are
     ListenerConfigs): the first address of ``new`` that ``existing`` also has. A port-0 IP
     address is exempt when ``existing`` binds (each gets a port of its own)."""
-    texts = {a.text for a in existing.addresses}
+    texts = existing_texts if existing_texts is not None else \
+        {a.text for a in existing.addresses}
     for a in new.addresses:
         if a.unix or a.port != 0 or not existing.bind_to_port:
             if a.text in texts:
@@ -219,16 +216,17 @@ def duplicated_address(existing, new) -> ListenAddress | None:
 def check_unique_addresses(configs, paths) -> None:
     """Refuse a listener that shares an address with an earlier one, with Envoy's message
     (``ListenerManagerImpl::setNewOrDrainingSocketFactory``)."""
+    texts = [{a.text for a in cfg.addresses} for cfg in configs]
     for i, cfg in enumerate(configs):
-        for prev in configs[:i]:
-            dup = duplicated_address(prev, cfg)
+        for j in range(i):
+            dup = duplicated_address(configs[j], cfg, texts[j])
             if dup is None:
                 continue
             k = cfg.addresses.index(dup)
             field = "address" if k == 0 else f"additional_addresses[{k - 1}].address"
-            texts = ",".join(a.text for a in cfg.addresses)
+            listed = ",".join(a.text for a in cfg.addresses)
             raise ConfigError(join(paths[i], field),
                               f"error adding listener: '{cfg.name}' has duplicate address "
-                              f"'{texts}' as existing listener, to check if the listener has "
+                              f"'{listed}' as existing listener, to check if the listener has "
                               f"duplicated addresses with other listeners or "
                               f"'enable_reuse_port' is set to 'false' for the listener")

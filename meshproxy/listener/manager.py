@@ -99,7 +99,7 @@ class ActiveListener:
             if la.unix:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             else:
-                host, port = la.address
+                host = la.address[0]
                 family = socket.AF_INET6 if ":" in host else socket.AF_INET
                 sock = socket.socket(family, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -284,6 +284,34 @@ class ListenerManager:
         self._index_addresses()
         self.stats.total_listeners_active = len(self.listeners)
         self.stats.workers_started = 1
+
+    async def start_one(self, config) -> ActiveListener | None:
+        """Add, bind and serve one listener while the server runs (one that arrived over
+        LDS). A bind failure is logged and counted, and the listener dropped, as Envoy does
+        with a listener it cannot create."""
+        al = self.add(config)
+        if config.bind_to_port:
+            try:
+                al.bind()
+            except BindError as exc:
+                log.error("listener '%s' failed to bind: %s", config.name, exc)
+                del self.listeners[config.name]
+                self.stats.listener_create_failure += 1
+                self.stats.listener_removed += 1
+                return None
+            failure = al.apply_listening_options()
+            if failure is not None:
+                log.error("listener '%s': %s", config.name, failure)
+                al.close_sockets()
+                del self.listeners[config.name]
+                self.stats.listener_create_failure += 1
+                self.stats.listener_removed += 1
+                return None
+            await al.start()
+        self.stats.listener_create_success += 1
+        self._index_addresses()
+        self.stats.total_listeners_active = len(self.listeners)
+        return al
 
     def drain(self, inbound_only: bool = False) -> None:
         for al in self.listeners.values():

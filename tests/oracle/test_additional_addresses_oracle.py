@@ -29,7 +29,14 @@ import pytest
 
 from tests.oracle.test_admin_oracle import _normalise_dump
 from tests.support.client import exchange, parse_responses
-from tests.support.proxies import REPO, ProxyProcess, bootstrap, cluster, find_envoy, hcm
+from tests.support.proxies import (
+    REPO,
+    ProxyProcess,
+    bootstrap,
+    cluster,
+    find_envoy,
+    hcm,
+)
 
 pytestmark = pytest.mark.oracle
 
@@ -390,3 +397,47 @@ def test_validate_as_envoy(tmp_path, name):
         assert words in e_msg, e_msg
         assert words in m_msg, m_msg
         assert re.match(r"static_resources\.listeners\[\d\]\.", m_msg), m_msg
+
+
+# ---------------------------------------------------------------------- Istio's bootstrap
+
+
+def test_istio_dual_stack_bootstrap_listeners(tmp_path):
+    """Istio's rendered bootstrap as its template renders it for a dual-stack pod: the
+    Prometheus (15090) and readiness (15021) listeners get an ``additionalAddresses`` entry on
+    the IPv6 side (here 127.0.0.1 and ::1, port 0). Both proxies list the same addresses and
+    answer the same on each."""
+    import os
+
+    from tests.oracle.test_admin_oracle import ISTIO_BOOTSTRAP, _istio_boot
+    if find_envoy() is None:
+        pytest.skip("Envoy oracle not installed (run ./scripts/test, or set MESHPROXY_ENVOY)")
+    if not os.path.exists(ISTIO_BOOTSTRAP):
+        pytest.skip(f"real configs not found at {ISTIO_BOOTSTRAP} (../shared is absent)")
+    if not _has_ipv6():
+        pytest.skip("no IPv6 loopback (::1) on this machine")
+    boot = _istio_boot(ISTIO_BOOTSTRAP)
+    for lst in boot["static_resources"]["listeners"]:
+        lst["additionalAddresses"] = [{"address": {"socket_address": {
+            "protocol": "TCP", "address": "::1", "port_value": 0}}}]
+    runs = {}
+    try:
+        for kind in ("envoy", "meshproxy"):
+            runs[kind] = Run(ProxyProcess(kind, boot).start())
+        e, m = (runs[k].admin("/listeners") for k in ("envoy", "meshproxy"))
+        assert m == e
+        assert len(m.splitlines()) == 2 * len(boot["static_resources"]["listeners"])
+        answers = {}
+        for kind, run in runs.items():
+            for name, addrs in run.addresses.items():
+                for host, port in addrs:
+                    path = "/stats/prometheus" if "15090" in name or "prometheus" in name \
+                        else "/healthz/ready"
+                    data, _ = exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode(),
+                                       host=host, expect=1)
+                    answers.setdefault(kind, []).append(
+                        (name, host, parse_responses(data)[0].status))
+        assert answers["meshproxy"] == answers["envoy"], answers
+    finally:
+        for r in runs.values():
+            r.p.stop()
