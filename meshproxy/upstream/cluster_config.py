@@ -308,6 +308,12 @@ def _hash_lb(c, lb: str, path: str) -> HashLbConfig | None:
                           "value must be less than or equal to 5000011")
     chc = c.common_lb_config.consistent_hashing_lb_config
     cpath = join(path, "common_lb_config.consistent_hashing_lb_config")
+    ctype = CLUSTER_TYPES.get(c.type, "")
+    if chc.use_hostname_for_hashing and ctype != "STRICT_DNS":
+        # ClusterImplBase: only STRICT_DNS hosts have a hostname to hash (whatever the policy).
+        raise ConfigError(join(cpath, "use_hostname_for_hashing"),
+                          f"Cannot use hostname for consistent hashing loadbalancing for "
+                          f"cluster of type: 'envoy.cluster.{ctype.lower()}'")
     if chc.HasField("hash_balance_factor"):
         if chc.hash_balance_factor.value < 100:
             raise ConfigError(join(cpath, "hash_balance_factor"),

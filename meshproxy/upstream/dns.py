@@ -111,8 +111,10 @@ class DnsResolver:
                 continue
             if cfg.type == "LOGICAL_DNS":
                 addrs = addrs[:1]
-            self.targets[i] = [Host(self.cluster, (a, port), name, ep.weight, ep.health_status,
-                                    ep.priority, ep.locality, ep.metadata) for a in addrs]
+            # The endpoint's hostname when it has one, else the DNS name (Envoy's StrictDns).
+            self.targets[i] = [Host(self.cluster, (a, port), ep.hostname or name, ep.weight,
+                                    ep.health_status, ep.priority, ep.locality, ep.metadata)
+                               for a in addrs]
             stats.update_success += 1
         hosts = [h for t in self.targets for h in t]
         current = self.cluster.hosts

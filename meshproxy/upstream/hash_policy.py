@@ -5,8 +5,8 @@ Policies are evaluated in order; each that yields a hash is folded in as
 ``hash = rotl(hash, 1) ^ new`` (rotating keeps duplicate rules from cancelling out), and a
 ``terminal`` policy that has produced a hash stops the walk. Hashes are xxHash64 (seed 0):
 
-* header: all values of the header (after ``regex_rewrite``), sorted, hashed as one
-  concatenated string;
+* header: all values of the header (after ``regex_rewrite``), sorted, each hashed with the
+  previous value's hash as seed;
 * cookie: the first ``name=value`` in the Cookie headers (value unquoted). Without the cookie
   and with a ``ttl``, Envoy generates one from the connection's addresses and hashes that; the
   same hash is used here, but no ``Set-Cookie`` is added to the response (not implemented);
@@ -43,11 +43,13 @@ def _header(req, name: bytes, rewrite):
         vals = [substitute(rx, sub, v) for v in vals]
     if len(vals) == 1:
         return _xxh64(vals[0])
+    # HashUtil::xxHash64(Span): each value hashed with the previous hash as the seed (found
+    # against Envoy 1.40: not the hash of the concatenation).
     vals.sort()
-    h = xxhash.xxh64()
+    h = 0
     for v in vals:
-        h.update(v)
-    return h.intdigest()
+        h = _xxh64(v, h)
+    return h
 
 
 def cookie_value(req, name: bytes) -> bytes:

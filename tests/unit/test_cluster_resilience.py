@@ -46,9 +46,10 @@ def test_ring_hash_and_maglev_config():
     cfg = build(cluster("c", EPS, lb_policy="RING_HASH"))
     assert cfg.hash_lb.kind == "RING_HASH"
     assert (cfg.hash_lb.min_ring_size, cfg.hash_lb.max_ring_size) == (1024, 8388608)
-    cfg = build(cluster("c", EPS, lb_policy="RING_HASH", ring_hash_lb_config={
-        "minimum_ring_size": 12, "maximum_ring_size": 64, "hash_function": "MURMUR_HASH_2"},
-        common_lb_config={"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}))
+    ring = {"minimum_ring_size": 12, "maximum_ring_size": 64, "hash_function": "MURMUR_HASH_2"}
+    chc = {"consistent_hashing_lb_config": {"use_hostname_for_hashing": True}}
+    cfg = build(cluster("c", EPS, type_="STRICT_DNS", lb_policy="RING_HASH",
+                        ring_hash_lb_config=ring, common_lb_config=chc))
     assert (cfg.hash_lb.min_ring_size, cfg.hash_lb.max_ring_size, cfg.hash_lb.murmur,
             cfg.hash_lb.use_hostname) == (12, 64, True, True)
     cfg = build(cluster("c", EPS, lb_policy="MAGLEV"))
@@ -80,6 +81,11 @@ def test_ring_hash_and_maglev_config():
     ({"lb_policy": "RING_HASH", "common_lb_config": {"consistent_hashing_lb_config": {
         "hash_balance_factor": 150}}},
      "common_lb_config.consistent_hashing_lb_config.hash_balance_factor", "not supported"),
+    ({"lb_policy": "RING_HASH", "common_lb_config": {"consistent_hashing_lb_config": {
+        "use_hostname_for_hashing": True}}},
+     "common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing",
+     "Cannot use hostname for consistent hashing loadbalancing for cluster of type: "
+     "'envoy.cluster.static'"),
     ({"outlier_detection": {"max_ejection_percent": 101}},
      "outlier_detection.max_ejection_percent", "value must be less than or equal to 100"),
     ({"outlier_detection": {"interval": "0s"}}, "outlier_detection.interval",
@@ -227,8 +233,8 @@ def test_hash_policies_hash_like_envoy():
     p = hp({"header": {"header_name": "X-Key"}})
     assert p.generate(stream([("x-key", "abc")])) == X(b"abc")
     assert p.generate(stream()) is None
-    # Several values: sorted, hashed as one string.
-    assert p.generate(stream([("x-key", "b"), ("x-key", "a")])) == X(b"ab")
+    # Several values: sorted, each hashed with the previous hash as seed.
+    assert p.generate(stream([("x-key", "b"), ("x-key", "a")])) == X(b"b", X(b"a"))
     # Policies fold in as rotl(h, 1) ^ new; a terminal one that hashed stops the walk.
     p = hp({"header": {"header_name": "a"}}, {"query_parameter": {"name": "q"}})
     s = stream([("a", "1")], path=b"/x?z=0&q=v&q=w")

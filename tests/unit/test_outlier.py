@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from envoy.config.cluster.v3 import outlier_detection_pb2
-from google.protobuf import empty_pb2, json_format  # noqa: F401 (Any of Empty)
+from google.protobuf import empty_pb2, json_format
 
 from meshproxy.config.errors import ConfigError
 from meshproxy.upstream.host import Host
@@ -451,7 +451,8 @@ def test_config_defaults_are_envoys():
     ({"baseEjectionTime": "40s", "maxEjectionTime": "30s"}, "max_ejection_time",
      "cannot be smaller than base_ejection_time"),
     ({"monitors": [{"name": "x", "typedConfig": {
-        "@type": "type.googleapis.com/google.protobuf.Empty"}}]}, "monitors", "not supported"),
+        "@type": "type.googleapis.com/" + empty_pb2.Empty.DESCRIPTOR.full_name}}]},
+     "monitors", "not supported"),
 ])
 def test_config_errors_name_the_field(fields, path, msg):
     with pytest.raises(ConfigError) as e:
