@@ -94,6 +94,8 @@ class ServerContext:
         self.admin = None
         self.global_stats = None
         self.inspector_stats = InspectorStats()
+        self.rds = None        # router.rds.RdsRegistry when xDS serves route configurations
+        self.xds = None        # (AdsClient, Catalog) when dynamic_resources name an ADS server
         self.store.register("", self.inspector_stats)
 
 
@@ -201,6 +203,18 @@ class Server:
                 await ctx.admin.start()
                 self._write_admin_address_path(ctx)
             await cm.initialize()
+            dyn = self.config.dynamic
+            if dyn is not None and dyn.ads is not None:
+                # Envoy's init manager: listeners serve only once the first CDS/EDS/LDS/RDS
+                # round is in (or its initial fetch timed out); /ready says LIVE after that.
+                ready = self._start_xds(ctx, dyn)
+                stop = asyncio.ensure_future(ctx.shutdown_event.wait())
+                done, _ = await asyncio.wait({ready, stop},
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if stop in done:
+                    await self._drain_and_stop()
+                    return 0
+                stop.cancel()
             await lm.start_all()
             cm.own_addresses = lm.bound_addresses()
             if ctx.admin is not None and isinstance(ctx.admin.bound_address, tuple):
@@ -216,6 +230,41 @@ class Server:
         await ctx.shutdown_event.wait()
         await self._drain_and_stop()
         return 0
+
+    def _start_xds(self, ctx, dyn):
+        """Start the ADS client and the catalog that feeds the managers; returns a future
+        done when initialisation completes."""
+        from meshproxy.router.rds import RdsRegistry
+        from meshproxy.xds.ads_client import AdsClient
+        from meshproxy.xds.apply import ServerApplier
+        from meshproxy.xds.catalog import Catalog
+
+        loop = ctx.loop
+        ready = loop.create_future()
+        ctx.rds = RdsRegistry()
+        started = []
+
+        def on_listener(cfg):
+            if started:   # after start-up: bind and serve it now
+                loop.create_task(ctx.listener_manager.start_one(cfg))
+            else:         # during start-up: bound with the others
+                ctx.listener_manager.add(cfg)
+
+        applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener)
+
+        def on_ready():
+            started.append(True)
+            if not ready.done():
+                ready.set_result(None)
+
+        client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
+        catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
+        client.mux.handlers.update(catalog.handlers())
+        ctx.xds = (client, catalog)
+        client.start()
+        catalog.start(cds=dyn.cds is not None and dyn.cds.server is not None,
+                      lds=dyn.lds is not None and dyn.lds.server is not None)
+        return ready
 
     def _write_admin_address_path(self, ctx):
         path = self.options.admin_address_path
@@ -242,6 +291,8 @@ class Server:
                 conn.close(flush=True)
         if ctx.admin is not None:
             ctx.admin.stop()
+        if ctx.xds is not None:
+            await ctx.xds[0].close()
         ctx.cluster_manager.close()
         log.warning("exiting")
 

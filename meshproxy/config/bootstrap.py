@@ -154,8 +154,9 @@ def build_server_config(bootstrap, stats_tags=()) -> ServerConfig:
     dynamic = build_dynamic_config(bootstrap, clusters)
     if dynamic is not None:
         warnings.extend(dynamic.warnings)
-        warnings.append("dynamic_resources are checked but not fetched yet (the xDS client is "
-                        "not wired into the server); only static_resources are served")
+        if dynamic.ads is None:
+            warnings.append("dynamic_resources without ads_config: only ADS is implemented; "
+                            "only static_resources are served")
     stats_config = from_bootstrap(bootstrap, stats_tags)
     log_format = None
     if bootstrap.HasField("application_log_config") and \

@@ -31,7 +31,8 @@ def check_load_assignment(cla, path: str = "") -> tuple:
             cla.policy.overprovisioning_factor.value < 1:
         raise ConfigError(join(path, "policy.overprovisioning_factor"),
                           "value must be greater than 0")
-    return _endpoints(cla, path, "EDS")
+    # EDS hosts are addresses, never names to resolve: checked as a STATIC cluster's are.
+    return _endpoints(cla, path, "STATIC")
 
 
 def apply_load_assignment(cluster, cla, path: str = "") -> None:
