@@ -250,7 +250,10 @@ class Server:
             else:         # during start-up: bound with the others
                 ctx.listener_manager.add(cfg)
 
-        applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener)
+        catalog_ref = []
+        applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener,
+                                started=lambda: bool(started),
+                                on_drained=lambda name: catalog_ref[0].drained(name))
 
         def on_ready():
             started.append(True)
@@ -259,6 +262,7 @@ class Server:
 
         client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
         catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
+        catalog_ref.append(catalog)
         client.mux.handlers.update(catalog.handlers())
         ctx.xds = (client, catalog)
         client.start()

@@ -193,6 +193,7 @@ class ListenerManager:
         self.ctx = ctx
         self.store = store
         self.listeners: dict[str, ActiveListener] = {}
+        self.draining: list[ActiveListener] = []   # old versions finishing their connections
         self._by_address: dict[tuple, ActiveListener] = {}
         self.stats = ListenerManagerStats()
         self.stats.mark_used("total_listeners_warming", "total_listeners_active",
@@ -227,12 +228,25 @@ class ListenerManager:
                     index[key] = al
         self._by_address = index
 
-    def add(self, config) -> ActiveListener:
+    def add(self, config, previous: ActiveListener | None = None) -> ActiveListener:
+        """``previous``: the version this one replaces; its stats carry on (Envoy's listener
+        and HCM scopes are named, so an updated listener keeps counting where it was)."""
         al = ActiveListener(config, self.ctx)
         per_listener_http: dict[str, object] = {}
+        prior: dict = {}
+        if previous is not None:
+            al.stats = previous.stats
+            for chain in previous.config.all_chains():
+                key = (chain.kind, chain.config.stat_prefix)
+                prior.setdefault(key, chain.config.stats)
+                lhs = getattr(chain, "listener_http_stats", None)
+                if lhs is not None:
+                    per_listener_http.setdefault(chain.config.stat_prefix, lhs)
         for chain in config.all_chains():
             chain.ctx = self.ctx
             cfg = chain.config
+            if cfg.stats is None:
+                cfg.stats = prior.get((chain.kind, cfg.stat_prefix))
             if cfg.stats is None:
                 if chain.kind == "http":
                     cfg.stats = HcmStats()
@@ -250,9 +264,71 @@ class ListenerManager:
                                         lhs)
                 chain.listener_http_stats = lhs
         self.listeners[config.name] = al
-        self.store.register(f"listener.{config.stat_name}.", al.stats, exclude=WORKER_ONLY)
-        self.stats.listener_added += 1
+        if previous is None:
+            self.store.register(f"listener.{config.stat_name}.", al.stats, exclude=WORKER_ONLY)
+            self.stats.listener_added += 1
         return al
+
+    async def replace(self, config, drain_time: float, on_drained=None) -> ActiveListener:
+        """An update of a live listener, make-before-break (Envoy's listener update): the new
+        version takes over the old one's listen sockets when its addresses are the same (else
+        binds its own) and serves new connections at once; the old version stops accepting and
+        drains - HTTP/1 connections close after their next response - for ``drain_time``
+        seconds, then what is left is closed and ``on_drained(name)`` runs."""
+        old = self.listeners[config.name]
+        same = [(a.address, a.unix) for a in old.config.addresses] == \
+            [(a.address, a.unix) for a in config.addresses]
+        new = self.add(config, previous=old)
+        try:
+            if config.bind_to_port:
+                if same and old.socks:
+                    new.socks = [s.dup() for s in old.socks]
+                else:
+                    old.stop_accepting()
+                    old.close_sockets()
+                    new.bind()
+                await new.start()
+        except (BindError, OSError) as exc:
+            log.error("listener '%s' update failed: %s", config.name, exc)
+            self.listeners[config.name] = old
+            self.stats.listener_create_failure += 1
+            return old
+        self.stats.listener_modified += 1
+        self.stats.listener_create_success += 1
+        self._retire(old, drain_time, on_drained)
+        self._index_addresses()
+        return new
+
+    def remove(self, name: str, drain_time: float, on_drained=None) -> None:
+        """A listener removed over LDS: it stops accepting and drains as in ``replace``."""
+        old = self.listeners.pop(name, None)
+        if old is None:
+            return
+        self.stats.listener_removed += 1
+        self._retire(old, drain_time, on_drained)
+        self._index_addresses()
+        self.stats.total_listeners_active = len(self.listeners)
+
+    def _retire(self, old: ActiveListener, drain_time: float, on_drained) -> None:
+        old.stop_accepting()
+        old.close_sockets()
+        old.start_drain()
+        self.draining.append(old)
+        self.stats.total_listeners_draining = len(self.draining)
+        self.stats.mark_used("total_listeners_draining")
+
+        def done():
+            for conn in list(old.connections):
+                conn.close(flush=True)
+            if old in self.draining:
+                self.draining.remove(old)
+            self.stats.total_listeners_draining = len(self.draining)
+            if on_drained is not None:
+                on_drained(old.config.name)
+        if old.connections:
+            self.ctx.loop.call_later(drain_time, done)
+        else:
+            done()
 
     async def start_all(self) -> None:
         """Bind every listener (all or nothing), then serve them."""

@@ -12,9 +12,10 @@ a failure here is a bug, logged, not a NACK.
   name.
 - Route configurations (RDS): ``router.rds.RdsRegistry.apply`` swaps the table of every HCM that
   names them; requests in flight keep the route they matched.
-- Listeners (LDS): translated with the RDS registry and added to the listener manager; a new
-  listener is bound and serving at once (its HCMs answer 404 NR until their routes arrive,
-  which the catalog's warming makes the server wait for at start-up).
+- Listeners (LDS): translated with the RDS registry; a version warms until its route
+  configurations are in, then is added (bound at once when the server runs) or replaces the
+  live version make-before-break (``ListenerManager.replace``: the sockets pass to the new
+  version, the old one drains for ``--drain-time-s``). Removed listeners drain the same way.
 """
 
 from __future__ import annotations
@@ -27,13 +28,18 @@ log = logging.getLogger("meshproxy.xds")
 
 
 class ServerApplier:
-    def __init__(self, ctx, rds, on_listener=None):
+    def __init__(self, ctx, rds, on_listener=None, started=lambda: True, on_drained=None):
         """``ctx``: the ``ServerContext`` (cluster and listener managers); ``rds``: the
-        ``RdsRegistry`` the listeners' HCMs use; ``on_listener(config)`` binds and starts a
-        listener that arrived after start-up (the server's)."""
+        ``RdsRegistry`` the listeners' HCMs use; ``on_listener(config)`` adds a new listener
+        (the server binds it at once once running); ``started()`` says whether listeners
+        serve yet; ``on_drained(name)`` runs when a replaced or removed listener's old
+        version has finished draining (the catalog then stops watching its routes)."""
         self.ctx = ctx
         self.rds = rds
         self.on_listener = on_listener
+        self.started = started
+        self.on_drained = on_drained
+        self.pending: dict[str, object] = {}        # listener name -> version warming
         self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
     def on_update(self, type_url: str, accepted: list, removed: list) -> None:
@@ -86,22 +92,56 @@ class ServerApplier:
 
     def _listeners(self, accepted, removed) -> None:
         from meshproxy.listener.config import build_listener_config
-        lm = self.ctx.listener_manager
         for r in accepted:
-            if r.name in lm.listeners:
-                # Replacing a live listener (drain the old one, hand its socket to the new one)
-                # is not built yet: the old version keeps serving.
-                log.warning("listener %s changed over LDS; updating a live listener is not "
-                            "implemented yet, the previous version keeps serving", r.name)
-                continue
             cfg = build_listener_config(r.message, f"Listener {r.name}", rds=self.rds)
-            if self.on_listener is not None:
-                self.on_listener(cfg)
-            else:
-                lm.add(cfg)
+            self.pending[r.name] = cfg
+            waiting = [p for p in _rds_providers(cfg) if not p.ready]
+            if not waiting:
+                self._activate(cfg)
+                continue
+            # Make-before-break: the new version warms until its route configurations are
+            # in; until then the current version (if any) keeps serving.
+            left = [len(waiting)]
+
+            def one_ready(cfg=cfg, left=left):
+                left[0] -= 1
+                if left[0] == 0:
+                    self._activate(cfg)
+            for p in waiting:
+                p.when_ready(one_ready)
+        lm = self.ctx.listener_manager
         for name in removed:
-            log.warning("listener %s removed over LDS; removing a live listener is not "
-                        "implemented yet, it keeps serving", name)
+            self.pending.pop(name, None)
+            if name in lm.listeners:
+                lm.remove(name, self._drain_time(), self.on_drained)
+
+    def _activate(self, cfg) -> None:
+        if self.pending.get(cfg.name) is not cfg:
+            return    # a newer version arrived (or the listener was removed) meanwhile
+        del self.pending[cfg.name]
+        lm = self.ctx.listener_manager
+        if cfg.name in lm.listeners and self.started():
+            self.ctx.loop.create_task(lm.replace(cfg, self._drain_time(), self.on_drained))
+        elif cfg.name in lm.listeners:
+            lm.listeners.pop(cfg.name)   # replaced before it ever served
+            lm.add(cfg)
+        elif self.on_listener is not None:
+            self.on_listener(cfg)
+        else:
+            lm.add(cfg)
+
+    def _drain_time(self) -> float:
+        opts = getattr(self.ctx, "options", None)
+        return float(getattr(opts, "drain_time_s", 600) or 0)
+
+
+def _rds_providers(cfg) -> list:
+    out = []
+    for chain in cfg.all_chains():
+        p = getattr(chain.config, "rds_provider", None) if chain.kind == "http" else None
+        if p is not None and p not in out:
+            out.append(p)
+    return out
 
 
 _APPLY = {T.CLUSTER: ServerApplier._clusters, T.ENDPOINT: ServerApplier._endpoints,

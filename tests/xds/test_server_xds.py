@@ -128,3 +128,64 @@ def test_meshproxy_configured_over_ads_routes_as_envoy(delta):
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     assert scenario("envoy", delta) == mine
+
+
+def update_scenario(kind: str, delta: bool) -> list:
+    """A listener changes its route configuration, then goes away: the old version serves until
+    the new one's routes are in (make-before-break), a connection opened before the change is
+    answered by the old version, and a removed listener stops taking connections."""
+    from tests.support.client import KeepAlive
+    seen = []
+    with Upstream(named("a")) as a, Upstream(named("c")) as c:
+        cp = ControlPlane().start()
+        try:
+            cp.set_resources(T.CLUSTER, [B.static_cluster("svc", a.port),
+                                         B.static_cluster("other", c.port)], "c1")
+            cp.set_resources(T.LISTENER, [B.listener("in", "r"), B.listener("keep", "r")], "l1")
+            cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
+            proxy = ProxyProcess(kind, bootstrap(cp, delta),
+                                 extra_args=["--drain-time-s", "2"]).start()
+            try:
+                port = listener_port(proxy, "in")
+                k1 = KeepAlive(port)
+                seen.append(("before", k1.request(path="/1").body))
+                # the listener now wants route configuration r9, which is not served yet
+                cp.set_resources(T.LISTENER, [B.listener("in", "r9"), B.listener("keep", "r")],
+                                 "l2")
+                cp.wait_for(lambda reqs: any(
+                    "r9" in (r.names + r.subscribe) for r in reqs if r.type_url == T.ROUTE))
+                seen.append(("warming", get(port, "/2")))
+                cp.set_resources(T.ROUTE, [B.route("r", "svc"), B.route("r9", "other")], "r2")
+                seen.append(("new version", until(
+                    lambda: get(port, "/3")[1].startswith(b"c") and get(port, "/3"))))
+                seen.append(("old connection", k1.request(path="/4").body))
+                cp.set_resources(T.LISTENER, [B.listener("keep", "r")], "l3")
+                seen.append(("removed", until(lambda: listener_port(proxy, "in") is None)))
+                seen.append(("refused", until(lambda: _refused(port))))
+                seen.append(("other listener", get(listener_port(proxy, "keep"), "/5")))
+            finally:
+                proxy.stop()
+        finally:
+            cp.close()
+    return seen
+
+
+def _refused(port: int) -> bool:
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_listener_update_is_make_before_break_as_envoy(delta):
+    mine = update_scenario("meshproxy", delta)
+    assert mine == [("before", b"a /1"), ("warming", (200, b"a /2")),
+                    ("new version", (200, b"c /3")), ("old connection", b"a /4"),
+                    ("removed", True), ("refused", True), ("other listener", (200, b"a /5"))]
+    if find_envoy() is None:
+        pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
+                    "passed on its own")
+    assert update_scenario("envoy", delta) == mine
