@@ -5,11 +5,12 @@ tests/oracle/test_hash_lb_oracle.py."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
 
-from tests.integration.test_upstream_servers import dead_port, wait_for
+from tests.integration.test_upstream_servers import wait_for
 from tests.support.client import KeepAlive
 from tests.support.proxies import ProxyProcess, bootstrap, cluster, hcm, listener
 from tests.support.upstream import Reply, Upstream
@@ -36,7 +37,11 @@ def env():
     ups = {n: Flaky(n) for n in ("a", "b", "c", "r0", "r1", "r2")}
     for u in ups.values():
         u.server.start()
-    dead = dead_port()
+    # A bound socket that does not listen refuses connections and, unlike a closed one,
+    # keeps its port from being handed to a proxy's own listener meanwhile.
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    dead = hold.getsockname()[1]
 
     def addrs(*names, extra=()):
         return [("127.0.0.1", ups[n].server.port) for n in names] + list(extra)
@@ -62,6 +67,7 @@ def env():
         yield p, ups
     finally:
         p.stop()
+        hold.close()
         for u in ups.values():
             u.server.stop()
 
