@@ -300,6 +300,15 @@ class Cluster:
             out.append((self.lb.stat_prefix, lb_stats))
         return out
 
+    def drain(self) -> None:
+        """Removed or replaced over CDS: requests in flight finish on their connections, which
+        then close; idle connections close now (Envoy drains the old cluster's pools)."""
+        if self.dns is not None:
+            self.dns.stop()
+        for h in self.hosts:
+            if h.pool is not None:
+                h.pool.drain()
+
     def close(self) -> None:
         if self.dns is not None:
             self.dns.stop()

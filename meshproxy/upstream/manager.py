@@ -76,7 +76,8 @@ class ClusterManager:
         cluster.added_via_api = added_via_api
         cluster.cm_stats = self.stats
         if old is not None:
-            self.remove(config.name, modified=True)
+            # over CDS the old version drains (make-before-break); a static one never changes
+            self.remove(config.name, modified=True, drain=added_via_api)
             self.stats.cluster_modified += 1
         else:
             self.stats.cluster_added += 1
@@ -93,11 +94,14 @@ class ClusterManager:
             cluster.dns.start()
         return cluster
 
-    def remove(self, name: str, modified: bool = False) -> None:
+    def remove(self, name: str, modified: bool = False, drain: bool = False) -> None:
         cluster = self.clusters.pop(name, None)
         if cluster is None:
             return
-        cluster.close()
+        if drain:
+            cluster.drain()
+        else:
+            cluster.close()
         self.store.unregister(cluster.stats)
         for _, block in cluster.extra_stat_blocks():
             self.store.unregister(block)

@@ -66,7 +66,7 @@ class ServerApplier:
                 if cla is not None:
                     apply_load_assignment(cluster, cla)
         for name in removed:
-            cm.remove(name)
+            cm.remove(name, drain=True)
 
     # ------------------------------------------------------------------ EDS
 

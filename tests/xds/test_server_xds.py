@@ -189,3 +189,54 @@ def test_listener_update_is_make_before_break_as_envoy(delta):
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     assert update_scenario("envoy", delta) == mine
+
+
+def cluster_change_scenario(kind: str, delta: bool) -> list:
+    """A request in flight when its cluster is replaced (and later removed) over CDS finishes on
+    the old version; new requests use the new one; a removed cluster's route answers 503."""
+    import threading
+    seen = []
+
+    def slow_or_named(req):
+        if req.target == "/slow":
+            return Reply(200, body=b"slow done", delay=1.0)
+        return Reply(200, body=f"a {req.target}".encode())
+
+    with Upstream(slow_or_named) as a, Upstream(named("c")) as c:
+        cp = ControlPlane().start()
+        try:
+            cp.set_resources(T.CLUSTER, [B.static_cluster("svc", a.port)], "c1")
+            cp.set_resources(T.LISTENER, [B.listener("in", "r")], "l1")
+            cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
+            proxy = ProxyProcess(kind, bootstrap(cp, delta)).start()
+            try:
+                port = listener_port(proxy, "in")
+                slow = {}
+                t = threading.Thread(target=lambda: slow.setdefault("r", get(port, "/slow")))
+                t.start()
+                until(lambda: any(r.target == "/slow" for r in a.requests))
+                # the same cluster name now points at the other upstream
+                cp.set_resources(T.CLUSTER, [B.static_cluster("svc", c.port)], "c2")
+                seen.append(("replaced", until(lambda: get(port, "/n")[1].startswith(b"c")
+                                               and get(port, "/n"))))
+                t.join(10)
+                seen.append(("in flight", slow.get("r")))
+                cp.set_resources(T.CLUSTER, [], "c3")
+                seen.append(("removed", until(lambda: get(port, "/m")[0] == 503 and
+                                              get(port, "/m")[0])))
+            finally:
+                proxy.stop()
+        finally:
+            cp.close()
+    return seen
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_cluster_update_lets_requests_in_flight_finish_as_envoy(delta):
+    mine = cluster_change_scenario("meshproxy", delta)
+    assert mine == [("replaced", (200, b"c /n")), ("in flight", (200, b"slow done")),
+                    ("removed", 503)]
+    if find_envoy() is None:
+        pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
+                    "passed on its own")
+    assert cluster_change_scenario("envoy", delta) == mine
