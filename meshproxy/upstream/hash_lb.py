@@ -22,7 +22,9 @@ Host keys are ``filter_metadata["envoy.lb"]["hash_key"]`` when set, else the hos
 
 from __future__ import annotations
 
+import array
 import bisect
+import functools
 import math
 import random
 
@@ -136,34 +138,8 @@ class MaglevTable:
             return
         keyed = sorted(((host_key(h, use_hostname), h, w) for h, w in weighted),
                        key=lambda e: e[0])
+        slots, counts = _maglev_slots(tuple((k, w) for k, _, w in keyed), max_w, size)
         hosts = [h for _, h, _ in keyed]
-        offsets = [_xxh64(k) % size for k, _, _ in keyed]
-        skips = [_xxh64(k, 1) % (size - 1) + 1 for k, _, _ in keyed]
-        weights = [w for _, _, w in keyed]
-        n = len(keyed)
-        nexts = [0] * n
-        counts = [0] * n
-        targets = [0.0] * n
-        slots = [-1] * size
-        filled = 0
-        iteration = 1
-        while filled < size:
-            for i in range(n):
-                if filled >= size:
-                    break
-                if iteration * weights[i] < targets[i]:
-                    continue
-                targets[i] += max_w
-                off, skip, nxt = offsets[i], skips[i], nexts[i]
-                c = (off + skip * nxt) % size
-                while slots[c] >= 0:
-                    nxt += 1
-                    c = (off + skip * nxt) % size
-                slots[c] = i
-                nexts[i] = nxt + 1
-                counts[i] += 1
-                filled += 1
-            iteration += 1
         self.table = [hosts[i] for i in slots]
         self.min_per_host = min(counts)
         self.max_per_host = max(counts)
@@ -176,6 +152,42 @@ class MaglevTable:
             # change in the hash" (maglev_lb.cc).
             h ^= (_MASK - attempt + 1) & _MASK
         return self.table[h % self.size]
+
+
+@functools.lru_cache(maxsize=8)
+def _maglev_slots(keys_weights: tuple, max_w: float, size: int):
+    """The table as indices into ``keys_weights`` (sorted by key), and each entry's count.
+    Filling 65537 slots takes tens of milliseconds in Python; an ejection and the return that
+    follows flip between two host sets, so recent tables are kept (by key and weight, not by
+    host object)."""
+    n = len(keys_weights)
+    offsets = [_xxh64(k) % size for k, _ in keys_weights]
+    skips = [_xxh64(k, 1) % (size - 1) + 1 for k, _ in keys_weights]
+    weights = [w for _, w in keys_weights]
+    nexts = [0] * n
+    counts = [0] * n
+    targets = [0.0] * n
+    slots = [-1] * size
+    filled = 0
+    iteration = 1
+    while filled < size:
+        for i in range(n):
+            if filled >= size:
+                break
+            if iteration * weights[i] < targets[i]:
+                continue
+            targets[i] += max_w
+            off, skip, nxt = offsets[i], skips[i], nexts[i]
+            c = (off + skip * nxt) % size
+            while slots[c] >= 0:
+                nxt += 1
+                c = (off + skip * nxt) % size
+            slots[c] = i
+            nexts[i] = nxt + 1
+            counts[i] += 1
+            filled += 1
+        iteration += 1
+    return array.array("I", slots), tuple(counts)
 
 
 class HashLoadBalancer:
