@@ -263,7 +263,21 @@ class Server:
         client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
         catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
         catalog_ref.append(catalog)
-        client.mux.handlers.update(catalog.handlers())
+        handlers = catalog.handlers()
+        from meshproxy.xds import stats as xs
+        from meshproxy.xds import types as T
+        for type_url, prefix, cls in ((T.CLUSTER, "cluster_manager.cds.", xs.CdsStats),
+                                      (T.LISTENER, "listener_manager.lds.",
+                                       xs.SubscriptionStats)):
+            st = xs.new_stats(cls)
+            ctx.store.register(prefix, st)
+            handlers[type_url] = xs.CountingHandler(handlers[type_url], st,
+                                                    dyn.ads.api_type == "DELTA_GRPC")
+        cps = xs.ControlPlaneStats()
+        cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
+        ctx.store.register("control_plane.", cps)
+        client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
+        client.mux.handlers.update(handlers)
         ctx.xds = (client, catalog)
         client.start()
         catalog.start(cds=dyn.cds is not None and dyn.cds.server is not None,

@@ -240,3 +240,49 @@ def test_cluster_update_lets_requests_in_flight_finish_as_envoy(delta):
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     assert cluster_change_scenario("envoy", delta) == mine
+
+
+def stats_scenario(kind: str, delta: bool) -> dict:
+    """The control-plane stats pilot-agent and dashboards read, after an initial sync, an
+    accepted update and a rejected one."""
+    import re
+    with Upstream(named("a")) as a:
+        cp = ControlPlane().start()
+        try:
+            cp.set_resources(T.CLUSTER, [B.cluster("svc")], "c1")
+            cp.set_resources(T.ENDPOINT, [B.cla("svc", a.port)], "e1")
+            cp.set_resources(T.LISTENER, [B.listener("in", "r")], "l1")
+            cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
+            proxy = ProxyProcess(kind, bootstrap(cp, delta)).start()
+            try:
+                cp.set_resources(T.LISTENER, [B.listener("in", "r"), B.listener("in2", "r")],
+                                 "l2")
+                cp.wait_for(lambda reqs: sum(1 for r in reqs if r.type_url == T.LISTENER) >= 3)
+                cp.set_resources(T.CLUSTER, [B.cluster("svc"), B.bad_cluster()], "c2")
+                cp.wait_for(lambda reqs: any(r.is_nack for r in reqs))
+                text = proxy.get_admin("/stats")[1]
+            finally:
+                proxy.stop()
+        finally:
+            cp.close()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"((cluster_manager\.cds|listener_manager\.lds|control_plane)\.[a-z_]+): "
+                     r"(\d+)$", line)
+        if m:
+            # times differ between runs: only whether they are set
+            value = int(m.group(3))
+            out[m.group(1)] = value > 0 if m.group(1).endswith(("_time", "_time_ms")) else value
+    return out
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_control_plane_stats_as_envoy(delta):
+    mine = stats_scenario("meshproxy", delta)
+    assert mine["cluster_manager.cds.update_rejected"] == 1
+    assert mine["cluster_manager.cds.update_success"] == 1
+    assert mine["control_plane.connected_state"] == 1
+    if find_envoy() is None:
+        pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
+                    "passed on its own")
+    assert stats_scenario("envoy", delta) == mine
