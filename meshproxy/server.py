@@ -95,7 +95,8 @@ class ServerContext:
         self.global_stats = None
         self.inspector_stats = InspectorStats()
         self.rds = None        # router.rds.RdsRegistry when xDS serves route configurations
-        self.xds = None        # (AdsClient, Catalog) when dynamic_resources name an ADS server
+        self.xds = None        # (AdsClient, Catalog, ServerApplier) when ADS configures us
+        self.xds_record = {}   # type URL -> {name: (version, time)} of accepted resources
         self.store.register("", self.inspector_stats)
 
 
@@ -277,8 +278,11 @@ class Server:
         cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
         ctx.store.register("control_plane.", cps)
         client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
+        ctx.xds_record = {}
+        for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
+            handlers[type_url] = xs.VersionRecorder(handlers[type_url], ctx.xds_record)
         client.mux.handlers.update(handlers)
-        ctx.xds = (client, catalog)
+        ctx.xds = (client, catalog, applier)
         client.start()
         catalog.start(cds=dyn.cds is not None and dyn.cds.server is not None,
                       lds=dyn.lds is not None and dyn.lds.server is not None)

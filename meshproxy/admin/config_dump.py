@@ -102,6 +102,10 @@ def _endpoint_dump(ctx, t, match):
             lb.health_status = 1 if h.healthy else (5 if h.degraded else 2)
             lb.load_balancing_weight.value = h.weight
         cla.policy.overprovisioning_factor.value = 140
+        if getattr(cluster, "added_via_api", False):
+            # clusters from CDS: their endpoints are dynamic, without version or time
+            ecd.dynamic_endpoint_configs.add().endpoint_config.Pack(cla)
+            continue
         se = ecd.static_endpoint_configs.add()
         se.endpoint_config.Pack(cla)
         se.last_updated.CopyFrom(t)
@@ -121,6 +125,9 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sc = ccd.static_clusters.add()
             sc.cluster.Pack(c)
             sc.last_updated.CopyFrom(t)
+    xds = getattr(ctx, "xds", None)
+    if xds is not None:
+        _dynamic_clusters(ctx, ccd, match)
     dumps.append(ccd)
     if include_eds:
         dumps.append(_endpoint_dump(ctx, t, match))
@@ -131,6 +138,8 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sl = lcd.static_listeners.add()
             sl.listener.Pack(lst)
             sl.last_updated.CopyFrom(t)
+    if xds is not None:
+        _dynamic_listeners(ctx, lcd, match)
     dumps.append(lcd)
 
     dumps.append(A("envoy.admin.v3.ScopedRoutesConfigDump")())
@@ -141,10 +150,81 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sr = rcd.static_route_configs.add()
             sr.route_config.Pack(rc)
             sr.last_updated.CopyFrom(t)
+    if xds is not None:
+        _dynamic_routes(ctx, rcd, match)
     dumps.append(rcd)
 
     dumps.append(A("envoy.admin.v3.SecretsConfigDump")())
     return dumps
+
+
+# ---------------------------------------------------------------------- dynamic (xDS)
+
+
+def _recorded(ctx, type_url: str, name: str):
+    version, when = ctx.xds_record.get(type_url, {}).get(name, ("", None))
+    return version, (_ts(when) if when is not None else None)
+
+
+def _dynamic_clusters(ctx, ccd, match) -> None:
+    from meshproxy.xds import types as T
+    client, catalog = ctx.xds[0], ctx.xds[1]
+    ccd.version_info = client.version(T.CLUSTER)
+    cm = ctx.cluster_manager
+    for name in sorted(n for n, c in cm.clusters.items() if c.added_via_api):
+        if not match(name):
+            continue
+        proto = cm.clusters[name].config.proto
+        version, when = _recorded(ctx, T.CLUSTER, name)
+        warming = name in catalog.warming_clusters
+        dc = ccd.dynamic_warming_clusters.add() if warming else ccd.dynamic_active_clusters.add()
+        dc.version_info = version
+        dc.cluster.Pack(proto)
+        if when is not None:
+            dc.last_updated.CopyFrom(when)
+
+
+def _dynamic_listeners(ctx, lcd, match) -> None:
+    from meshproxy.xds import types as T
+    client, applier = ctx.xds[0], ctx.xds[2]
+    lcd.version_info = client.version(T.LISTENER)
+    lm = ctx.listener_manager
+    dynamic = set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)
+    for name in sorted(dynamic):
+        if not match(name):
+            continue
+        dl = lcd.dynamic_listeners.add()
+        dl.name = name
+        version, when = _recorded(ctx, T.LISTENER, name)
+        al = lm.listeners.get(name)
+        pending = applier.pending.get(name)
+        if al is not None:
+            # the active version's own record is gone once a newer one warms: show the newest
+            dl.active_state.listener.Pack(al.config.proto)
+            dl.active_state.version_info = version
+            if when is not None:
+                dl.active_state.last_updated.CopyFrom(when)
+        if pending is not None:
+            dl.warming_state.listener.Pack(pending.proto)
+            dl.warming_state.version_info = version
+            if when is not None:
+                dl.warming_state.last_updated.CopyFrom(when)
+
+
+def _dynamic_routes(ctx, rcd, match) -> None:
+    from meshproxy.xds import types as T
+    if ctx.rds is None:
+        return
+    for name in sorted(ctx.rds.providers):
+        p = ctx.rds.providers[name]
+        if p.proto is None or not match(name):
+            continue
+        dr = rcd.dynamic_route_configs.add()
+        version, when = _recorded(ctx, T.ROUTE, name)
+        dr.version_info = version
+        dr.route_config.Pack(p.proto)
+        if when is not None:
+            dr.last_updated.CopyFrom(when)
 
 
 def build(ctx, resource: str | None = None, name_regex: str | None = None,

@@ -86,3 +86,28 @@ class CountingHandler(Handler):
         elif failure.reason == FETCH_TIMEOUT:
             st.init_fetch_timeout += 1
         self.inner.on_failure(failure)
+
+
+class VersionRecorder(Handler):
+    """Remembers, per type and resource name, the version and time each accepted resource came
+    with (what ``/config_dump`` shows as ``version_info`` / ``last_updated``): the resource's
+    own version over delta xDS, the response's ``version_info`` over state of the world."""
+
+    def __init__(self, inner: Handler, record: dict, clock=time.time):
+        self.inner = inner
+        self.record = record
+        self.clock = clock
+
+    def apply(self, update):
+        errors = self.inner.apply(update)
+        now = self.clock()
+        mine = self.record.setdefault(update.type_url, {})
+        for r in update.added:
+            if r.name not in errors:
+                mine[r.name] = (r.version or update.version_info, now)
+        for name in update.removed:
+            mine.pop(name, None)
+        return errors
+
+    def on_failure(self, failure) -> None:
+        self.inner.on_failure(failure)

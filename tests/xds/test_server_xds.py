@@ -286,3 +286,48 @@ def test_control_plane_stats_as_envoy(delta):
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     assert stats_scenario("envoy", delta) == mine
+
+
+def _strip_times(x):
+    if isinstance(x, dict):
+        return {k: _strip_times(v) for k, v in x.items() if k != "last_updated"}
+    if isinstance(x, list):
+        return [_strip_times(v) for v in x]
+    return x
+
+
+@pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
+def test_config_dump_of_dynamic_resources_as_envoy(delta):
+    """/config_dump?include_eds lists the clusters, endpoints, listeners and route
+    configurations that came over ADS where Envoy does (dynamic_active_clusters,
+    dynamic_endpoint_configs, dynamic_listeners' active_state, dynamic_route_configs) with the
+    same versions; one control plane serves both proxies in turn."""
+    if find_envoy() is None:
+        pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test)")
+    dumps = {}
+    with Upstream(named("a")) as a:
+        cp = ControlPlane().start()
+        try:
+            cp.set_resources(T.CLUSTER, [B.cluster("svc"), B.static_cluster("other", a.port)],
+                             "c1")
+            cp.set_resources(T.ENDPOINT, [B.cla("svc", a.port)], "e1")
+            cp.set_resources(T.LISTENER, [B.listener("in", "r")], "l1")
+            cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
+            for kind in ("meshproxy", "envoy"):
+                proxy = ProxyProcess(kind, bootstrap(cp, delta)).start()
+                try:
+                    d = json.loads(proxy.get_admin("/config_dump?include_eds")[1])
+                finally:
+                    proxy.stop()
+                dumps[kind] = {c["@type"].rsplit(".", 1)[-1]: c for c in d["configs"]
+                               if not c["@type"].endswith("BootstrapConfigDump")}
+        finally:
+            cp.close()
+    mine, envoy = dumps["meshproxy"], dumps["envoy"]
+    assert mine["ClustersConfigDump"]["version_info"] == "c1"
+    assert [c["cluster"]["name"] for c in mine["ClustersConfigDump"]["dynamic_active_clusters"]] \
+        == ["other", "svc"]
+    for kind in ("ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump"):
+        assert _strip_times(mine[kind]) == _strip_times(envoy[kind]), kind
+    assert _strip_times(mine["EndpointsConfigDump"]["dynamic_endpoint_configs"]) == \
+        _strip_times(envoy["EndpointsConfigDump"]["dynamic_endpoint_configs"])
