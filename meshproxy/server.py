@@ -280,7 +280,9 @@ class Server:
         client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
         ctx.xds_record = {}
         for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
-            handlers[type_url] = xs.VersionRecorder(handlers[type_url], ctx.xds_record)
+            handlers[type_url] = xs.VersionRecorder(
+                handlers[type_url], ctx.xds_record,
+                on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None)
         client.mux.handlers.update(handlers)
         ctx.xds = (client, catalog, applier)
         client.start()

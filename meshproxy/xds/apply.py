@@ -40,6 +40,7 @@ class ServerApplier:
         self.started = started
         self.on_drained = on_drained
         self.pending: dict[str, object] = {}        # listener name -> version warming
+        self.gave_up: set[str] = set()              # route configurations that timed out
         self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
     def on_update(self, type_url: str, accepted: list, removed: list) -> None:
@@ -95,7 +96,8 @@ class ServerApplier:
         for r in accepted:
             cfg = build_listener_config(r.message, f"Listener {r.name}", rds=self.rds)
             self.pending[r.name] = cfg
-            waiting = [p for p in _rds_providers(cfg) if not p.ready]
+            waiting = [p for p in _rds_providers(cfg)
+                       if not p.ready and p.name not in self.gave_up]
             if not waiting:
                 self._activate(cfg)
                 continue
@@ -114,6 +116,16 @@ class ServerApplier:
             self.pending.pop(name, None)
             if name in lm.listeners:
                 lm.remove(name, self._drain_time(), self.on_drained)
+
+    def routes_timed_out(self, names) -> None:
+        """RDS gave up waiting for these route configurations (initial fetch timeout): as in
+        Envoy, a listener stops warming and serves with them empty (404 NR) until they come."""
+        if not names:   # a timeout of the whole type: every route configuration waited on
+            names = {p.name for cfg in self.pending.values() for p in _rds_providers(cfg)}
+        self.gave_up |= set(names)
+        for cfg in list(self.pending.values()):
+            if all(p.ready or p.name in self.gave_up for p in _rds_providers(cfg)):
+                self._activate(cfg)
 
     def _activate(self, cfg) -> None:
         if self.pending.get(cfg.name) is not cfg:

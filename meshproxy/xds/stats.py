@@ -93,10 +93,11 @@ class VersionRecorder(Handler):
     with (what ``/config_dump`` shows as ``version_info`` / ``last_updated``): the resource's
     own version over delta xDS, the response's ``version_info`` over state of the world."""
 
-    def __init__(self, inner: Handler, record: dict, clock=time.time):
+    def __init__(self, inner: Handler, record: dict, clock=time.time, on_timeout=None):
         self.inner = inner
         self.record = record
         self.clock = clock
+        self.on_timeout = on_timeout   # (names) -> None, after an initial fetch timeout
 
     def apply(self, update):
         errors = self.inner.apply(update)
@@ -111,3 +112,5 @@ class VersionRecorder(Handler):
 
     def on_failure(self, failure) -> None:
         self.inner.on_failure(failure)
+        if self.on_timeout is not None and failure.reason == FETCH_TIMEOUT:
+            self.on_timeout(failure.names)
