@@ -7,13 +7,10 @@ import ipaddress
 
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, unpack_any, wrapped, UnknownExtension
+from meshproxy.upstream.lb_config import HashLbConfig, build_lb_settings
 from meshproxy.upstream.outlier_config import build_detector_config
 
 CLUSTER_TYPES = {0: "STATIC", 1: "STRICT_DNS", 2: "LOGICAL_DNS", 3: "EDS", 4: "ORIGINAL_DST"}
-LB_POLICIES = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 2: "RING_HASH", 3: "RANDOM", 5: "MAGLEV",
-               6: "CLUSTER_PROVIDED", 7: "LOAD_BALANCING_POLICY_CONFIG"}
-SUPPORTED_LB = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "CLUSTER_PROVIDED", "RING_HASH",
-                "MAGLEV")
 DNS_FAMILIES = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
 HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
@@ -26,18 +23,6 @@ class Thresholds:
     max_requests: int = 1024
     max_retries: int = 3
     track_remaining: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class HashLbConfig:
-    """RING_HASH / MAGLEV settings (cluster.proto RingHashLbConfig, MaglevLbConfig,
-    CommonLbConfig.ConsistentHashingLbConfig) with Envoy's defaults."""
-    kind: str                         # "RING_HASH" or "MAGLEV"
-    min_ring_size: int = 1024
-    max_ring_size: int = 8 * 1024 * 1024
-    murmur: bool = False              # hash_function: MURMUR_HASH_2
-    table_size: int = 65537
-    use_hostname: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,15 +153,7 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
     ctype = CLUSTER_TYPES.get(c.type)
     if ctype is None:
         raise ConfigError(join(path, "type"), f"unknown cluster type {c.type}")
-    lb = LB_POLICIES.get(c.lb_policy, str(c.lb_policy))
-    if ctype == "ORIGINAL_DST" and lb != "CLUSTER_PROVIDED":
-        raise ConfigError(join(path, "lb_policy"), f"cluster: LB policy {lb} is not valid for "
-                                                   f"Cluster type ORIGINAL_DST. Only "
-                                                   f"'CLUSTER_PROVIDED' is allowed with cluster "
-                                                   f"type 'ORIGINAL_DST'")
-    if lb not in SUPPORTED_LB:
-        raise ConfigError(join(path, "lb_policy"), f"lb_policy {lb} is not supported by "
-                                                   f"meshproxy yet")
+    lbs = build_lb_settings(c, ctype, path)
     endpoints = ()
     if c.HasField("load_assignment"):
         endpoints = _endpoints(c.load_assignment, join(path, "load_assignment"), ctype)
@@ -221,21 +198,15 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
     if not 0.0 <= panic <= 100.0:
         raise ConfigError(join(path, "common_lb_config.healthy_panic_threshold.value"),
                           "value must be inside range [0, 100]")
-    lrc = c.least_request_lb_config
-    choice = wrapped(lrc, "choice_count", 2)
-    if choice < 2:
-        raise ConfigError(join(path, "least_request_lb_config.choice_count"),
-                          "value must be greater than or equal to 2")
     connect_timeout = duration(c, "connect_timeout", 5.0)
     if connect_timeout <= 0:
         raise ConfigError(join(path, "connect_timeout"), "value must be greater than 0s")
-    bias = lrc.active_request_bias.default_value if lrc.HasField("active_request_bias") else 1.0
     return ClusterConfig(
         name=c.name,
         stat_name=c.alt_stat_name or c.name,
         type=ctype,
         connect_timeout=connect_timeout,
-        lb_policy=lb,
+        lb_policy=lbs.policy,
         endpoints=endpoints,
         thresholds=default_th,
         high_thresholds=high_th,
@@ -256,10 +227,10 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         dns_family=DNS_FAMILIES.get(c.dns_lookup_family, "AUTO"),
         source_address=source,
         panic_threshold=panic,
-        lr_choice_count=choice,
-        lr_active_request_bias=bias,
+        lr_choice_count=lbs.lr_choice_count,
+        lr_active_request_bias=lbs.lr_active_request_bias,
         proto=c,
-        hash_lb=_hash_lb(c, lb, path),
+        hash_lb=lbs.hash_lb,
         update_merge_window_ms=_merge_window(clb, join(path, "common_lb_config")),
         outlier=build_detector_config(c.outlier_detection, join(path, "outlier_detection"))
         if c.HasField("outlier_detection") else None,
@@ -275,69 +246,6 @@ def _merge_window(clb, path: str) -> int:
         raise ConfigError(join(path, "update_merge_window"),
                           "Invalid duration: Expected positive duration")
     return d.seconds * 1000 + d.nanos // 1000000
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    if n % 2 == 0:
-        return n == 2
-    i = 3
-    while i * i <= n:
-        if n % i == 0:
-            return False
-        i += 2
-    return True
-
-
-def _hash_lb(c, lb: str, path: str) -> HashLbConfig | None:
-    """Checks ring/maglev settings as Envoy does (PGV on the fields whatever the policy; the
-    ring bounds and the prime table size when the load balancer is made) and keeps them for
-    RING_HASH and MAGLEV."""
-    rh = c.ring_hash_lb_config
-    rpath = join(path, "ring_hash_lb_config")
-    for f in ("minimum_ring_size", "maximum_ring_size"):
-        if wrapped(rh, f, 0) > 8388608:
-            raise ConfigError(join(rpath, f), "value must be less than or equal to 8388608")
-    if rh.hash_function not in (0, 1):
-        raise ConfigError(join(rpath, "hash_function"),
-                          "value must be one of the defined enum values")
-    mg = c.maglev_lb_config
-    if wrapped(mg, "table_size", 0) > 5000011:
-        raise ConfigError(join(path, "maglev_lb_config.table_size"),
-                          "value must be less than or equal to 5000011")
-    chc = c.common_lb_config.consistent_hashing_lb_config
-    cpath = join(path, "common_lb_config.consistent_hashing_lb_config")
-    ctype = CLUSTER_TYPES.get(c.type, "")
-    if chc.use_hostname_for_hashing and ctype != "STRICT_DNS":
-        # ClusterImplBase: only STRICT_DNS hosts have a hostname to hash (whatever the policy).
-        raise ConfigError(join(cpath, "use_hostname_for_hashing"),
-                          f"Cannot use hostname for consistent hashing loadbalancing for "
-                          f"cluster of type: 'envoy.cluster.{ctype.lower()}'")
-    if chc.HasField("hash_balance_factor"):
-        if chc.hash_balance_factor.value < 100:
-            raise ConfigError(join(cpath, "hash_balance_factor"),
-                              "value must be greater than or equal to 100")
-        if lb in ("RING_HASH", "MAGLEV"):
-            raise ConfigError(join(cpath, "hash_balance_factor"),
-                              "bounded-load hashing is not supported by meshproxy yet")
-    if lb == "RING_HASH":
-        lo = wrapped(rh, "minimum_ring_size", 1024)
-        hi = wrapped(rh, "maximum_ring_size", 8 * 1024 * 1024)
-        if lo > hi:
-            raise ConfigError(rpath, f"ring hash: minimum_ring_size ({lo}) > "
-                                     f"maximum_ring_size ({hi})")
-        return HashLbConfig("RING_HASH", min_ring_size=lo, max_ring_size=hi,
-                            murmur=rh.hash_function == 1,
-                            use_hostname=chc.use_hostname_for_hashing)
-    if lb == "MAGLEV":
-        size = wrapped(mg, "table_size", 65537)
-        if not _is_prime(size):
-            raise ConfigError(join(path, "maglev_lb_config.table_size"),
-                              "The table size of maglev must be prime number")
-        return HashLbConfig("MAGLEV", table_size=size,
-                            use_hostname=chc.use_hostname_for_hashing)
-    return None
 
 
 def _original_dst(c, ctype, path) -> dict:

@@ -246,10 +246,14 @@ class HashLoadBalancer:
     def choose(self, ctx=None):
         h = None
         if ctx is not None:
-            route = getattr(ctx, "route", None)
-            action = route.action if route is not None else None
-            policy = action.hash_policy if action is not None else None
-            if policy is not None:
+            # The load balancer's own hash policy (typed consistent_hashing_lb_config) comes
+            # first; else the route's.
+            policy = self.cfg.hash_policy
+            if policy is None:
+                route = getattr(ctx, "route", None)
+                action = route.action if route is not None else None
+                policy = action.hash_policy if action is not None else None
+            if policy is not None and getattr(ctx, "request", None) is not None:
                 h = policy.generate(ctx)
         if h is None:
             h = self.rng.getrandbits(64)

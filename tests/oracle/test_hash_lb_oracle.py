@@ -21,6 +21,7 @@ from tests.support.upstream import Reply, Upstream
 pytestmark = pytest.mark.oracle
 
 WEIGHTS = [1, 2, 1, 3, 1]
+TYPED = "type.googleapis.com/envoy.extensions.load_balancing_policies."
 KEYS = [f"k{i}" for i in range(150)]
 
 
@@ -65,6 +66,17 @@ def env():
         {**hashed("meta", "MAGLEV"), "load_assignment": {**meta, "cluster_name": "meta"}},
         {**hashed("unhealthy", "RING_HASH"), "load_assignment": {**unhealthy,
                                                                  "cluster_name": "unhealthy"}},
+        # Typed load_balancing_policy (Envoy Gateway's form): it wins over lb_policy, and the
+        # load balancer's own hash policy wins over the route's.
+        {**hashed("typedmaglev", "ROUND_ROBIN"), "load_balancing_policy": {"policies": [{
+            "typed_extension_config": {"name": "m", "typed_config": {
+                "@type": TYPED + "maglev.v3.Maglev", "table_size": 131,
+                "consistent_hashing_lb_config": {
+                    "hash_policy": [{"header": {"header_name": "x-lb"}}]}}}}]}},
+        {**hashed("typedring", "ROUND_ROBIN"), "load_balancing_policy": {"policies": [{
+            "typed_extension_config": {"name": "r", "typed_config": {
+                "@type": TYPED + "ring_hash.v3.RingHash", "minimum_ring_size": 64,
+                "hash_function": "MURMUR_HASH_2"}}}]}},
     ]
 
     def route(prefix, cl, *policies):
@@ -84,6 +96,7 @@ def env():
         route("/terminal", "maglev", {**hdr, "terminal": True},
               {"query_parameter": {"name": "user"}}),
         route("/sourceip", "ring", {"connection_properties": {"source_ip": True}}),
+        route("/typedmaglev", "typedmaglev", hdr), route("/typedring", "typedring", hdr),
     ]
     boot = bootstrap([listener("l", hcm(routes))], clusters)
     procs = {kind: ProxyProcess(kind, boot).start() for kind in ("envoy", "meshproxy")}
@@ -108,7 +121,7 @@ def picks(procs, requests):
 
 
 @pytest.mark.parametrize("prefix", ["/ring", "/maglev", "/small", "/maglev7", "/hostname",
-                                    "/meta", "/unhealthy"])
+                                    "/meta", "/unhealthy", "/typedring"])
 def test_header_keys_pick_the_same_hosts(env, prefix):
     got = picks(env, [(prefix, [("x-key", k)]) for k in KEYS])
     assert got["meshproxy"] == got["envoy"]
@@ -128,7 +141,8 @@ def test_other_hash_sources_pick_the_same_hosts(env):
                  ("/terminal?user=" + k, []),
                  ("/ring", [("x-key", k), ("x-key", "second-" + k)]),
                  ("/ring", [("x-key", "z" + k), ("x-key", k), ("x-key", "a" + k)]),
-                 ("/sourceip", [])]
+                 ("/sourceip", []),
+                 ("/typedmaglev", [("x-lb", k), ("x-key", "route-" + k)])]
     got = picks(env, reqs)
     differ = sorted({(path.split("?")[0], len(h)) for (path, h), e, m in
                      zip(reqs, got["envoy"], got["meshproxy"]) if e != m})

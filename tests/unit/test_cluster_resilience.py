@@ -280,3 +280,71 @@ def test_hash_policy_errors(policy, path, msg):
     with pytest.raises(ConfigError) as e:
         hp(policy)
     assert e.value.path == path and msg in e.value.message
+
+
+# ---------------------------------------------------------------------- load_balancing_policy
+
+TYPED = "type.googleapis.com/envoy.extensions.load_balancing_policies."
+
+
+def policies(*entries):
+    return {"load_balancing_policy": {"policies": [
+        {"typed_extension_config": {"name": name, "typed_config": {"@type": url, **cfg}}}
+        for name, url, cfg in entries]}}
+
+
+def test_typed_load_balancing_policies():
+    cfg = build(cluster("c", EPS, lb_policy="ROUND_ROBIN", **policies(
+        ("r", TYPED + "ring_hash.v3.RingHash", {"minimum_ring_size": 64,
+                                                "hash_function": "MURMUR_HASH_2"}))))
+    assert cfg.lb_policy == "RING_HASH"      # the typed policy wins over lb_policy
+    assert (cfg.hash_lb.min_ring_size, cfg.hash_lb.murmur) == (64, True)
+    cfg = build(cluster("c", EPS, **policies(("m", TYPED + "maglev.v3.Maglev", {
+        "table_size": 7, "consistent_hashing_lb_config": {
+            "hash_policy": [{"header": {"header_name": "x-user"}}]}}))))
+    assert cfg.hash_lb.kind == "MAGLEV" and cfg.hash_lb.table_size == 7
+    assert cfg.hash_lb.hash_policy is not None
+    cfg = build(cluster("c", EPS, **policies(("l", TYPED + "least_request.v3.LeastRequest",
+                                              {"choice_count": 3}))))
+    assert (cfg.lb_policy, cfg.lr_choice_count) == ("LEAST_REQUEST", 3)
+    # A type that is no load balancer is skipped, as Envoy skips it.
+    cfg = build(cluster("c", EPS, **policies(
+        ("x", "type.googleapis.com/google.protobuf.Struct", {"value": {"a": 1}}),
+        ("rr", TYPED + "round_robin.v3.RoundRobin", {}))))
+    assert cfg.lb_policy == "ROUND_ROBIN"
+
+
+@pytest.mark.parametrize("entries,path,msg", [
+    ((), "load_balancing_policy", "didn't find a registered load balancer factory"),
+    ((("w", TYPED + "client_side_weighted_round_robin.v3.ClientSideWeightedRoundRobin", {}),
+      ("rr", TYPED + "round_robin.v3.RoundRobin", {})),
+     "load_balancing_policy.policies[0].typed_extension_config.typed_config",
+     "is not supported by meshproxy yet"),
+    ((("r", TYPED + "ring_hash.v3.RingHash", {"minimum_ring_size": 10,
+                                              "maximum_ring_size": 5}),),
+     "load_balancing_policy.policies[0].typed_extension_config.typed_config",
+     "ring hash: minimum_ring_size (10) > maximum_ring_size (5)"),
+    ((("m", TYPED + "maglev.v3.Maglev", {"table_size": 100}),),
+     "load_balancing_policy.policies[0].typed_extension_config.typed_config.table_size",
+     "must be prime number"),
+    ((("m", TYPED + "maglev.v3.Maglev", {"consistent_hashing_lb_config": {
+        "hash_policy": [{}]}}),),
+     "load_balancing_policy.policies[0].typed_extension_config.typed_config."
+     "consistent_hashing_lb_config.hash_policy[0]", "value is required"),
+])
+def test_typed_policy_errors(entries, path, msg):
+    e = error(cluster("c", EPS, **policies(*entries)))
+    assert e.path == f"{PATH}.{path}" and msg in e.message
+
+
+def test_lb_hash_policy_comes_before_the_routes():
+    import xxhash
+    cfg = build(cluster("c", EPS, **policies(("m", TYPED + "maglev.v3.Maglev", {
+        "consistent_hashing_lb_config": {"hash_policy": [{"header": {"header_name": "a"}}]}}))))
+    c = Cluster(cfg, FakeClock(), lambda host, cl: None)
+    s = stream([("a", "1"), ("b", "2")])
+    s.route = types.SimpleNamespace(action=types.SimpleNamespace(
+        hash_policy=hp({"header": {"header_name": "b"}})))
+    s.router = types.SimpleNamespace(retry=None)
+    table = c.lb.tables[0][0]
+    assert c.choose_host(s) is table.choose(xxhash.xxh64_intdigest(b"1"))

@@ -13,7 +13,7 @@ import types
 import pytest
 from envoy.config.core.v3 import base_pb2
 
-from meshproxy.upstream.cluster_config import HashLbConfig
+from meshproxy.upstream.lb_config import HashLbConfig
 from meshproxy.upstream.hash_lb import HashLoadBalancer, Ring, murmur_hash2_64
 from meshproxy.upstream.host import UNHEALTHY, Host
 
@@ -39,6 +39,7 @@ class Ctx:
         policy = types.SimpleNamespace(generate=lambda stream: h)
         self.route = types.SimpleNamespace(action=types.SimpleNamespace(hash_policy=policy))
         self.router = types.SimpleNamespace(retry=retry)
+        self.request = object()
 
 
 class FixedRng:
