@@ -348,3 +348,25 @@ def test_lb_hash_policy_comes_before_the_routes():
     s.router = types.SimpleNamespace(retry=None)
     table = c.lb.tables[0][0]
     assert c.choose_host(s) is table.choose(xxhash.xxh64_intdigest(b"1"))
+
+
+def test_envoy_gateway_passive_health_checks_translate():
+    """Envoy Gateway's translator output (real-configs): outlier detection and the typed
+    least_request policy come through with their values."""
+    import os
+
+    import yaml
+    from tests.support.proxies import REAL_CONFIGS
+    f = os.path.join(REAL_CONFIGS, "envoyproxy_gateway__internal__xds__translator__testdata__"
+                                   "out__xds-ir__passive-failure-percentage.clusters.yaml")
+    if not os.path.exists(f):
+        pytest.skip("real configs not present")
+    (c,) = yaml.safe_load(open(f))
+    cfg = build(c)
+    assert cfg.lb_policy == "LEAST_REQUEST"
+    od = cfg.outlier
+    assert (od.interval_ms, od.base_ejection_time_ms, od.max_ejection_time_ms,
+            od.max_ejection_percent, od.always_eject_one_host, od.consecutive_5xx,
+            od.consecutive_gateway_failure, od.enforcing_consecutive_gateway_failure,
+            od.failure_percentage_threshold, od.enforcing_failure_percentage) == \
+        (5000, 30000, 300000, 50, True, 5, 0, 100, 90, 100)
