@@ -136,6 +136,13 @@ class MaglevTable:
         self.table: list = []
         if not weighted:
             return
+        if len(weighted) == 1:
+            # Envoy 1.40 reports 1 entry for a lone host (min/max_entries_per_host 1, measured),
+            # not a table full of it; every hash picks that host either way.
+            self.size = 1
+            self.table = [weighted[0][0]]
+            self.min_per_host = self.max_per_host = 1
+            return
         keyed = sorted(((host_key(h, use_hostname), h, w) for h, w in weighted),
                        key=lambda e: e[0])
         slots, counts = _maglev_slots(tuple((k, w) for k, _, w in keyed), max_w, size)
