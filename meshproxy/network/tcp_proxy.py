@@ -25,6 +25,7 @@ from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 from meshproxy.network.connection import reset_transport
 from meshproxy.stats import stat_block
+from meshproxy.upstream.cluster_config import source_ip_for
 
 log = logging.getLogger("meshproxy.filter")
 
@@ -195,10 +196,10 @@ class TcpProxy:
                 if host.unix:
                     coro = self.loop.create_unix_connection(lambda: up, host.address)
                 else:
-                    src = cfg.source_address
+                    src = source_ip_for(cfg, host.address[0])
                     coro = self.loop.create_connection(
                         lambda: up, host.address[0], host.address[1],
-                        local_addr=(src[0], 0) if src else None)
+                        local_addr=(src, 0) if src else None)
                 await asyncio.wait_for(coro, cfg.connect_timeout)
             except (OSError, asyncio.TimeoutError) as exc:
                 self._pending_done(host)

@@ -73,6 +73,8 @@ class ClusterConfig:
     odst_http_header: bytes = b"x-envoy-original-dst-host"
     odst_port_override: int = 0
     cleanup_interval: float = 5.0
+    # upstream_bind_config.extra_source_addresses: ((ip, port), ...) of the other IP family
+    extra_source_addresses: tuple = ()
 
 
 def _thresholds(cb, path) -> tuple[Thresholds, Thresholds]:
@@ -144,6 +146,50 @@ def _endpoints(cla, path, ctype) -> tuple:
     return tuple(eps)
 
 
+def _bind_config(bc, name: str, path: str):
+    """(source, extra sources) of ``upstream_bind_config``, checked as Envoy 1.40 checks them
+    (``parseBindConfig``): extra addresses need a source address, at most one, of the other IP
+    family (current Istio's dual-stack InboundPassthroughCluster: 127.0.0.6 and ::6)."""
+    source = None
+    if bc.HasField("source_address"):
+        source = (bc.source_address.address, bc.source_address.port_value)
+    extra = tuple((e.address.address, e.address.port_value) for e in bc.extra_source_addresses)
+    if extra:
+        where = f"Cluster {name}'s upstream binding config"
+        if source is None:
+            raise ConfigError(join(path, "extra_source_addresses"),
+                              f"{where} has extra/additional source addresses but no "
+                              f"source_address. Extra/additional addresses cannot be specified "
+                              f"if source_address is not set.")
+        if len(extra) > 1:
+            raise ConfigError(join(path, "extra_source_addresses"),
+                              f"{where} has more than one extra/additional source addresses. "
+                              f"Only one extra/additional source can be supported in "
+                              f"BindConfig's extra_source_addresses/additional_source_addresses "
+                              f"field")
+        if (":" in extra[0][0]) == (":" in source[0]):
+            raise ConfigError(join(path, "extra_source_addresses"),
+                              f"{where} has two same IP version source addresses. Only two "
+                              f"different IP version source addresses can be supported in "
+                              f"BindConfig's source_address and extra_source_addresses/"
+                              f"additional_source_addresses fields")
+    return source, extra
+
+
+def source_ip_for(cfg, upstream_ip: str) -> str | None:
+    """The local IP to bind an upstream connection to: ``source_address``, or the extra source
+    address of the upstream's family when they differ (Envoy's ``resolveSourceAddress``)."""
+    src = cfg.source_address
+    if src is None:
+        return None
+    v6 = ":" in upstream_ip
+    if (":" in src[0]) != v6:
+        for ip, _ in cfg.extra_source_addresses:
+            if (":" in ip) == v6:
+                return ip
+    return src[0]
+
+
 def build_cluster_config(c, path: str) -> ClusterConfig:
     if not c.name:
         raise ConfigError(join(path, "name"), "value length must be at least 1 characters")
@@ -190,9 +236,10 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         wrapped(c, "max_requests_per_connection", 0)
 
     source = None
-    if c.HasField("upstream_bind_config") and c.upstream_bind_config.HasField("source_address"):
-        sa = c.upstream_bind_config.source_address
-        source = (sa.address, sa.port_value)
+    extra_sources = ()
+    if c.HasField("upstream_bind_config"):
+        source, extra_sources = _bind_config(c.upstream_bind_config, c.name,
+                                             join(path, "upstream_bind_config"))
     clb = c.common_lb_config
     panic = clb.healthy_panic_threshold.value if clb.HasField("healthy_panic_threshold") else 50.0
     if not 0.0 <= panic <= 100.0:
@@ -226,6 +273,7 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         respect_dns_ttl=c.respect_dns_ttl,
         dns_family=DNS_FAMILIES.get(c.dns_lookup_family, "AUTO"),
         source_address=source,
+        extra_source_addresses=extra_sources,
         panic_threshold=panic,
         lr_choice_count=lbs.lr_choice_count,
         lr_active_request_bias=lbs.lr_active_request_bias,

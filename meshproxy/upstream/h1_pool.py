@@ -25,6 +25,7 @@ import asyncio
 import collections
 import logging
 
+from meshproxy.upstream.cluster_config import source_ip_for
 from meshproxy.upstream.h1_connection import (CONNECT_TIMEOUT, CONNECTION_FAILURE, OVERFLOW,
                                               UpstreamH1Connection)
 
@@ -196,9 +197,10 @@ class H1Pool:
             if host.unix:
                 coro = self.loop.create_unix_connection(lambda: conn, host.address)
             else:
+                src = source_ip_for(cfg, host.address[0])
                 coro = self.loop.create_connection(
                     lambda: conn, host.address[0], host.address[1],
-                    local_addr=cfg.source_address and (cfg.source_address[0], 0))
+                    local_addr=(src, 0) if src else None)
             await asyncio.wait_for(coro, cfg.connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             self.connecting -= 1

@@ -728,11 +728,8 @@ def test_ipv4_compat_sockets_take_both_families(mesh_compat):
     assert d == [2, 1, 2, 2, 2], d
 
 
-@pytest.mark.parametrize("proxy", [
-    pytest.param("envoy", marks=pytest.mark.oracle),
-    pytest.param("meshproxy", marks=pytest.mark.xfail(
-        strict=True, reason="meshproxy's clusters do not implement "
-                            "upstream_bind_config.extra_source_addresses yet (meshproxy/upstream)"))])
+@pytest.mark.parametrize("proxy", [pytest.param("envoy", marks=pytest.mark.oracle),
+                                   "meshproxy"])
 def test_dual_stack_inbound_with_istios_extra_source_address(proxy):
     require_root_tools("iptables", "iptables-save", "iptables-restore", "ip6tables",
                        "ip6tables-save", "ip6tables-restore", "setpriv", "curl")

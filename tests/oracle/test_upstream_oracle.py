@@ -412,8 +412,21 @@ def test_tcp_proxy_passes_downstream_reset_on(tcp_results):
     {"lb_policy": "RANDOM", "common_lb_config": {"healthy_panic_threshold": {"value": 0}}},
     {"type": "LOGICAL_DNS", "dns_lookup_family": "V6_ONLY"},
     {"type": "STATIC"},
+    {"upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0},
+                              "extra_source_addresses": [{"address": {"address": "::6",
+                                                                      "port_value": 0}}]}},
+    {"upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0},
+                              "extra_source_addresses": [{"address": {"address": "127.0.0.7",
+                                                                      "port_value": 0}}]}},
+    {"upstream_bind_config": {"extra_source_addresses": [{"address": {"address": "::6",
+                                                                      "port_value": 0}}]}},
+    {"upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0},
+                              "extra_source_addresses": [
+                                  {"address": {"address": "::6", "port_value": 0}},
+                                  {"address": {"address": "::7", "port_value": 0}}]}},
 ], ids=["connect_timeout", "choice_count", "panic_range", "ok_random", "logical_multi",
-        "static_name"])
+        "static_name", "bind_extra_ok", "bind_extra_same_family", "bind_extra_no_source",
+        "bind_extra_two"])
 def test_cluster_validation_same_as_envoy(tmp_path, extra):
     eps = [("127.0.0.1", 1)]
     if extra.get("type") == "LOGICAL_DNS":
