@@ -194,8 +194,10 @@ class Router:
         retry = self.retry
         host = cluster.choose_host(stream)
         if retry is not None:
-            # retry_host_predicate (previous_hosts): re-pick a few times to avoid tried hosts.
-            tries = 1
+            # retry_host_predicate (previous_hosts): up to host_selection_retry_max_attempts
+            # more picks to avoid tried hosts (ZoneAwareLoadBalancerBase::chooseHost makes
+            # hostSelectionRetryCount() + 1 picks in all).
+            tries = 0
             while host is not None and retry.reject_host(host) and \
                     tries < retry.max_host_attempts:
                 host = cluster.choose_host(stream)
