@@ -252,16 +252,17 @@ class Server:
                 ctx.listener_manager.add(cfg)
 
         catalog_ref = []
+        client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
         applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener,
                                 started=lambda: bool(started),
-                                on_drained=lambda name: catalog_ref[0].drained(name))
+                                on_drained=lambda name: catalog_ref[0].drained(name),
+                                set_fetch_timeout=client.mux.set_fetch_timeout)
 
         def on_ready():
             started.append(True)
             if not ready.done():
                 ready.set_result(None)
 
-        client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
         catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
         catalog_ref.append(catalog)
         handlers = catalog.handlers()

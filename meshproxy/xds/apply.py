@@ -28,7 +28,8 @@ log = logging.getLogger("meshproxy.xds")
 
 
 class ServerApplier:
-    def __init__(self, ctx, rds, on_listener=None, started=lambda: True, on_drained=None):
+    def __init__(self, ctx, rds, on_listener=None, started=lambda: True, on_drained=None,
+                 set_fetch_timeout=None):
         """``ctx``: the ``ServerContext`` (cluster and listener managers); ``rds``: the
         ``RdsRegistry`` the listeners' HCMs use; ``on_listener(config)`` adds a new listener
         (the server binds it at once once running); ``started()`` says whether listeners
@@ -40,6 +41,8 @@ class ServerApplier:
         self.started = started
         self.on_drained = on_drained
         self.pending: dict[str, object] = {}        # listener name -> version warming
+        # (type_url, name, seconds): the initial fetch timeout a config source gives a watch
+        self.set_fetch_timeout = set_fetch_timeout
         self.gave_up: set[str] = set()              # route configurations that timed out
         self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
@@ -63,6 +66,10 @@ class ServerApplier:
             cluster = cm.add(cfg, added_via_api=True)
             cluster.version_info = r.version
             if cfg.type == "EDS":
+                if self.set_fetch_timeout is not None:
+                    self.set_fetch_timeout(T.ENDPOINT, eds_service_name(cfg),
+                                           _source_timeout(r.message.eds_cluster_config,
+                                                           "eds_config"))
                 cla = self.assignments.get(eds_service_name(cfg))
                 if cla is not None:
                     apply_load_assignment(cluster, cla)
@@ -95,6 +102,12 @@ class ServerApplier:
         from meshproxy.listener.config import build_listener_config
         for r in accepted:
             cfg = build_listener_config(r.message, f"Listener {r.name}", rds=self.rds)
+            if self.set_fetch_timeout is not None:
+                for chain in cfg.all_chains():
+                    h = chain.config.proto if chain.kind == "http" else None
+                    if h is not None and h.WhichOneof("route_specifier") == "rds":
+                        self.set_fetch_timeout(T.ROUTE, h.rds.route_config_name,
+                                               _source_timeout(h.rds, "config_source"))
             self.pending[r.name] = cfg
             waiting = [p for p in _rds_providers(cfg)
                        if not p.ready and p.name not in self.gave_up]
@@ -145,6 +158,15 @@ class ServerApplier:
     def _drain_time(self) -> float:
         opts = getattr(self.ctx, "options", None)
         return float(getattr(opts, "drain_time_s", 600) or 0)
+
+
+def _source_timeout(msg, field: str) -> float:
+    """``initial_fetch_timeout`` of the ConfigSource in ``msg.field`` (Envoy's 15 s default)."""
+    from meshproxy.config.dynamic import DEFAULT_INITIAL_FETCH_TIMEOUT
+    from meshproxy.config.protos import duration
+    if not msg.HasField(field):
+        return DEFAULT_INITIAL_FETCH_TIMEOUT
+    return duration(getattr(msg, field), "initial_fetch_timeout", DEFAULT_INITIAL_FETCH_TIMEOUT)
 
 
 def _rds_providers(cfg) -> list:

@@ -64,6 +64,9 @@ class AdsMux:
         self.clock = clock
         self.node_on_first_message_only = node_on_first_message_only
         self._fetch_timeout = initial_fetch_timeout
+        # per watched name, from the config source that names it (an EDS cluster's
+        # eds_config, an HCM's rds.config_source); 0 waits for ever (Istio's choice)
+        self.name_timeouts: dict[tuple[str, str], float] = {}
         self.subscriptions: dict[str, Subscription] = {}    # insertion order is Envoy's order
         self._pauses: dict[str, int] = {}
         self._pending: set[str] = set()     # SotW: a request held back by a pause
@@ -266,10 +269,16 @@ class AdsMux:
         """``GrpcSubscriptionImpl::start``: each watch waits at most initial_fetch_timeout for
         its first update (one watch for a wildcard type, one per name for named types)."""
         timeout = self._timeout_for(sub.type_url)
+        if name is not None and (sub.type_url, name) in self.name_timeouts:
+            timeout = self.name_timeouts[(sub.type_url, name)] or None
         if timeout is None or name in sub.fetch_timers:
             return
         sub.fetch_timers[name] = self.clock.call_later(
             timeout, self._on_fetch_timeout, sub.type_url, name)
+
+    def set_fetch_timeout(self, type_url: str, name: str, seconds: float) -> None:
+        """The initial fetch timeout of one named watch (0: none), set before it is watched."""
+        self.name_timeouts[(type_url, name)] = seconds
 
     def _cancel_fetch_timers(self, sub: Subscription, names) -> None:
         for key in list(sub.fetch_timers):

@@ -211,3 +211,19 @@ def test_requests_made_without_a_stream_are_dropped_not_queued():
     mux.set_names(T.ENDPOINT, {"a", "b"})
     mux.stream_started()
     assert summary(mux.take_requests()) == [("REQ", "EDS", ["a", "b"], True)]
+
+
+def test_per_name_fetch_timeouts_from_config_sources():
+    # Istio's EDS and RDS config sources say initial_fetch_timeout 0s: wait for ever; another
+    # name keeps the type's default
+    mux, h, clock = make(initial_fetch_timeout={T.ENDPOINT: 15})
+    mux.set_fetch_timeout(T.ENDPOINT, "istio", 0)
+    mux.set_fetch_timeout(T.ENDPOINT, "short", 2)
+    mux.stream_started()
+    mux.subscribe(T.ENDPOINT, {"istio", "short", "plain"})
+    clock.advance(2.1)
+    assert [f.names for f in h[T.ENDPOINT].failures] == [("short",)]
+    clock.advance(13)
+    assert sorted(f.names for f in h[T.ENDPOINT].failures) == [("plain",), ("short",)]
+    clock.advance(1000)
+    assert len(h[T.ENDPOINT].failures) == 2
