@@ -279,6 +279,10 @@ class Server:
         cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
         ctx.store.register("control_plane.", cps)
         client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
+        delta = dyn.ads.api_type == "DELTA_GRPC"
+        handlers[T.ENDPOINT] = xs.PerNameCounting(handlers[T.ENDPOINT], applier.eds_stats_for,
+                                                  delta)
+        handlers[T.ROUTE] = xs.PerNameCounting(handlers[T.ROUTE], applier.rds_stats_for, delta)
         ctx.xds_record = {}
         for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
             handlers[type_url] = xs.VersionRecorder(

@@ -43,6 +43,27 @@ class ServerApplier:
         self.pending: dict[str, object] = {}        # listener name -> version warming
         # (type_url, name, seconds): the initial fetch timeout a config source gives a watch
         self.set_fetch_timeout = set_fetch_timeout
+        self.store = getattr(ctx, "store", None)
+        self.eds_stats: dict[str, object] = {}      # cluster name -> EdsStats
+        self.rds_stats: dict[str, object] = {}      # route configuration name -> RdsStats
+
+    def eds_stats_for(self, service_name: str) -> list:
+        from meshproxy.upstream.eds import eds_service_name
+        cm = self.ctx.cluster_manager
+        return [st for name, st in self.eds_stats.items()
+                if name in cm.clusters and eds_service_name(cm.clusters[name].config) ==
+                service_name]
+
+    def rds_stats_for(self, name: str) -> list:
+        st = self.rds_stats.get(name)
+        return [st] if st is not None else []
+
+    def _new_block(self, cls, prefix: str):
+        from meshproxy.xds.stats import new_stats
+        st = new_stats(cls)
+        if self.store is not None:
+            self.store.register(prefix, st)
+        return st
         self.gave_up: set[str] = set()              # route configurations that timed out
         self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
@@ -66,6 +87,10 @@ class ServerApplier:
             cluster = cm.add(cfg, added_via_api=True)
             cluster.version_info = r.version
             if cfg.type == "EDS":
+                if cfg.name not in self.eds_stats:
+                    from meshproxy.xds.stats import EdsStats
+                    self.eds_stats[cfg.name] = self._new_block(EdsStats,
+                                                               f"cluster.{cfg.stat_name}.")
                 if self.set_fetch_timeout is not None:
                     self.set_fetch_timeout(T.ENDPOINT, eds_service_name(cfg),
                                            _source_timeout(r.message.eds_cluster_config,
@@ -75,6 +100,9 @@ class ServerApplier:
                     apply_load_assignment(cluster, cla)
         for name in removed:
             cm.remove(name, drain=True)
+            st = self.eds_stats.pop(name, None)
+            if st is not None and self.store is not None:
+                self.store.unregister(st)
 
     # ------------------------------------------------------------------ EDS
 
@@ -102,12 +130,19 @@ class ServerApplier:
         from meshproxy.listener.config import build_listener_config
         for r in accepted:
             cfg = build_listener_config(r.message, f"Listener {r.name}", rds=self.rds)
-            if self.set_fetch_timeout is not None:
-                for chain in cfg.all_chains():
-                    h = chain.config.proto if chain.kind == "http" else None
-                    if h is not None and h.WhichOneof("route_specifier") == "rds":
-                        self.set_fetch_timeout(T.ROUTE, h.rds.route_config_name,
-                                               _source_timeout(h.rds, "config_source"))
+            for chain in cfg.all_chains():
+                h = chain.config.proto if chain.kind == "http" else None
+                if h is None or h.WhichOneof("route_specifier") != "rds":
+                    continue
+                rname = h.rds.route_config_name
+                if rname not in self.rds_stats:
+                    # Envoy's RDS subscription scope: the first HCM that names it
+                    from meshproxy.xds.stats import RdsStats
+                    self.rds_stats[rname] = self._new_block(
+                        RdsStats, f"http.{h.stat_prefix}.rds.{rname}.")
+                if self.set_fetch_timeout is not None:
+                    self.set_fetch_timeout(T.ROUTE, rname,
+                                           _source_timeout(h.rds, "config_source"))
             self.pending[r.name] = cfg
             waiting = [p for p in _rds_providers(cfg)
                        if not p.ready and p.name not in self.gave_up]

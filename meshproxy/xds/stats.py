@@ -29,6 +29,13 @@ SubscriptionStats = stat_block("SubscriptionStats", counters=_COUNTERS,
                                gauges=("update_time", "version"))
 CdsStats = stat_block("CdsStats", counters=_COUNTERS + ("config_reload",),
                       gauges=("update_time", "version", "config_reload_time_ms"))
+# An EDS cluster's subscription (``cluster.<name>.*``) and an RDS route configuration's
+# (``http.<stat_prefix>.rds.<name>.*``), with the names Envoy 1.40 shows
+EdsStats = stat_block("EdsStats", counters=_COUNTERS + (
+    "update_empty", "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
+    "update_no_rebuild"), gauges=("update_time", "version"))
+RdsStats = stat_block("RdsStats", counters=_COUNTERS + ("update_empty", "config_reload"),
+                      gauges=("update_time", "version", "config_reload_time_ms"))
 ControlPlaneStats = stat_block("ControlPlaneStats", counters=("rate_limit_enforced",),
                                gauges=("connected_state", "pending_requests"))
 
@@ -114,3 +121,42 @@ class VersionRecorder(Handler):
         self.inner.on_failure(failure)
         if self.on_timeout is not None and failure.reason == FETCH_TIMEOUT:
             self.on_timeout(failure.names)
+
+
+class PerNameCounting(Handler):
+    """As ``CountingHandler`` for named types whose stats belong to each resource: EDS (per
+    cluster) and RDS (per route configuration). ``stats_for(name)`` gives the blocks that
+    count a name (an EDS service name can serve several clusters)."""
+
+    def __init__(self, inner: Handler, stats_for, delta: bool, clock=time.time):
+        self.inner = inner
+        self.stats_for = stats_for
+        self.delta = delta
+        self.clock = clock
+
+    def apply(self, update):
+        errors = self.inner.apply(update)
+        now_ms = int(self.clock() * 1000)
+        version = xxhash.xxh64(update.version_info.encode()).intdigest()
+        for r in update.added:
+            for st in self.stats_for(r.name):
+                st.update_attempt += 1
+                if r.name in errors:
+                    if self.delta:
+                        st.update_attempt += 1
+                    st.update_rejected += 1
+                    continue
+                st.update_success += 1
+                st.update_time = now_ms
+                st.version = version
+                if hasattr(st, "config_reload"):
+                    st.config_reload += 1
+                    st.config_reload_time_ms = now_ms
+        return errors
+
+    def on_failure(self, failure) -> None:
+        if failure.reason == FETCH_TIMEOUT:
+            for name in failure.names:
+                for st in self.stats_for(name):
+                    st.init_fetch_timeout += 1
+        self.inner.on_failure(failure)

@@ -267,11 +267,12 @@ def stats_scenario(kind: str, delta: bool) -> dict:
             cp.close()
     out = {}
     for line in text.splitlines():
-        m = re.match(r"((cluster_manager\.cds|listener_manager\.lds|control_plane)\.[a-z_]+): "
-                     r"(\d+)$", line)
+        m = re.match(r"((cluster_manager\.cds|listener_manager\.lds|control_plane|http\.in\.rds\.r)"
+                     r"\.[a-z_]+|cluster\.svc\.(update_[a-z_]+|init_fetch_timeout|version|"
+                     r"assignment_[a-z_]+)): (\d+)$", line)
         if m:
             # times differ between runs: only whether they are set
-            value = int(m.group(3))
+            value = int(m.group(4))
             out[m.group(1)] = value > 0 if m.group(1).endswith(("_time", "_time_ms")) else value
     return out
 
@@ -282,6 +283,7 @@ def test_control_plane_stats_as_envoy(delta):
     assert mine["cluster_manager.cds.update_rejected"] == 1
     assert mine["cluster_manager.cds.update_success"] == 1
     assert mine["control_plane.connected_state"] == 1
+    assert mine["cluster.svc.update_success"] == 1 and mine["http.in.rds.r.update_success"] == 1
     if find_envoy() is None:
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
