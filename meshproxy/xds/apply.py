@@ -46,6 +46,8 @@ class ServerApplier:
         self.store = getattr(ctx, "store", None)
         self.eds_stats: dict[str, object] = {}      # cluster name -> EdsStats
         self.rds_stats: dict[str, object] = {}      # route configuration name -> RdsStats
+        self.gave_up: set[str] = set()              # route configurations that timed out
+        self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
     def eds_stats_for(self, service_name: str) -> list:
         from meshproxy.upstream.eds import eds_service_name
@@ -64,8 +66,6 @@ class ServerApplier:
         if self.store is not None:
             self.store.register(prefix, st)
         return st
-        self.gave_up: set[str] = set()              # route configurations that timed out
-        self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
 
     def on_update(self, type_url: str, accepted: list, removed: list) -> None:
         fn = _APPLY.get(type_url)
