@@ -47,6 +47,15 @@ def new_stats(cls):
     return st
 
 
+def _accepted(st, version: int, now_ms: int) -> None:
+    st.update_success += 1
+    st.update_time = now_ms
+    st.version = version
+    if hasattr(st, "config_reload"):     # CDS and RDS
+        st.config_reload += 1
+        st.config_reload_time_ms = now_ms
+
+
 class CountingHandler(Handler):
     """Wraps a type's handler and counts what happens to its updates."""
 
@@ -67,15 +76,10 @@ class CountingHandler(Handler):
         if errors:
             self._rejected()
             return errors
-        now_ms = int(self.clock() * 1000)
-        st.update_success += 1
-        st.update_time = now_ms
-        st.version = xxhash.xxh64(update.version_info.encode()).intdigest()
+        _accepted(st, xxhash.xxh64(update.version_info.encode()).intdigest(),
+                  int(self.clock() * 1000))
         if update.state_of_the_world and not update.added and hasattr(st, "update_empty"):
             st.update_empty += 1
-        if hasattr(st, "config_reload"):
-            st.config_reload += 1
-            st.config_reload_time_ms = now_ms
         return errors
 
     def _rejected(self) -> None:
@@ -146,12 +150,7 @@ class PerNameCounting(Handler):
                         st.update_attempt += 1
                     st.update_rejected += 1
                     continue
-                st.update_success += 1
-                st.update_time = now_ms
-                st.version = version
-                if hasattr(st, "config_reload"):
-                    st.config_reload += 1
-                    st.config_reload_time_ms = now_ms
+                _accepted(st, version, now_ms)
         return errors
 
     def on_failure(self, failure) -> None:

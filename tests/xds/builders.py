@@ -122,3 +122,28 @@ class Recorder:
     def names(self, i=-1):
         u = self.updates[i]
         return [r.name for r in u.added], list(u.removed)
+
+
+def sidecar_bootstrap(cp, delta: bool, node_id: str, node_cluster: str,
+                      initial_fetch_timeout: str | None = None) -> dict:
+    """A bootstrap whose listeners and clusters all come over ADS from ``cp`` through the
+    static ``xds-grpc`` cluster, as Istio's sidecar bootstrap does (HTTP/2 cluster)."""
+    ads = dict(ADS)
+    if initial_fetch_timeout is not None:
+        ads["initial_fetch_timeout"] = initial_fetch_timeout
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "dynamic_resources": {
+            "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC",
+                           "transport_api_version": "V3", "set_node_on_first_message_only": True,
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
+            "cds_config": ads, "lds_config": ads},
+        "static_resources": {"clusters": [{
+            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "typed_extension_protocol_options": {
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                             "HttpProtocolOptions",
+                    "explicit_http_config": {"http2_protocol_options": {}}}},
+            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": cp.envoy_address()}}]}]}}]}}

@@ -107,23 +107,7 @@ def _run_script(cp, delta) -> list[tuple[str, list[str]]]:
 
 
 def _envoy_bootstrap(cp, delta):
-    ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
-        "node": {"id": NODE_ID, "cluster": NODE_CLUSTER},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC",
-                           "transport_api_version": "V3", "set_node_on_first_message_only": True,
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}]},
-            "cds_config": ads, "lds_config": ads},
-        "static_resources": {"clusters": [{
-            "name": "xds-grpc", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
-                             "HttpProtocolOptions",
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": cp.envoy_address()}}]}]}}]}}
+    return B.sidecar_bootstrap(cp, delta, NODE_ID, NODE_CLUSTER)
 
 
 class _MeshproxyXds:
