@@ -31,7 +31,7 @@ import random
 import xxhash
 
 from meshproxy.stats import stat_block
-from meshproxy.upstream.lb import PriorityLoads
+from meshproxy.upstream.lb import PriorityLoads, priority_levels
 
 RingHashStats = stat_block("RingHashStats",
                            gauges=("max_hashes_per_host", "min_hashes_per_host", "size"))
@@ -212,14 +212,7 @@ class HashLoadBalancer:
         self.tables: list = []           # per priority: (table, panic)
 
     def update(self, hosts) -> None:
-        by_prio: dict[int, list] = {}
-        for h in hosts:
-            by_prio.setdefault(h.priority, []).append(h)
-        levels = []
-        for prio in range(max(by_prio) + 1 if by_prio else 1):
-            level = by_prio.get(prio, [])
-            levels.append((level, [h for h in level if h.healthy],
-                           [h for h in level if h.degraded], sum(1 for h in level if h.excluded)))
+        levels = priority_levels(hosts)
         loads = PriorityLoads(levels, self.panic_threshold)
         acc = 0
         prio_table = []

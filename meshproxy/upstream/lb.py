@@ -108,6 +108,20 @@ class _Edf:
         return host
 
 
+def priority_levels(hosts) -> list:
+    """Per priority 0..max: (hosts, healthy, degraded, excluded count), what PriorityLoads
+    takes (a priority with no hosts is an empty level)."""
+    by_prio: dict[int, list] = {}
+    for h in hosts:
+        by_prio.setdefault(h.priority, []).append(h)
+    levels = []
+    for prio in range(max(by_prio) + 1 if by_prio else 1):
+        level = by_prio.get(prio, [])
+        levels.append((level, [h for h in level if h.healthy],
+                       [h for h in level if h.degraded], sum(1 for h in level if h.excluded)))
+    return levels
+
+
 class LoadBalancer:
     """Base: splits hosts into sources (priority x healthy/degraded/all) and picks a source per
     request; subclasses pick a host within it (``_pick``)."""
@@ -123,14 +137,7 @@ class LoadBalancer:
 
     def update(self, hosts) -> None:
         """Rebuild from the cluster's hosts (all priorities)."""
-        by_prio: dict[int, list] = {}
-        for h in hosts:
-            by_prio.setdefault(h.priority, []).append(h)
-        levels = []
-        for prio in range(max(by_prio) + 1 if by_prio else 1):
-            level = by_prio.get(prio, [])
-            levels.append((level, [h for h in level if h.healthy],
-                           [h for h in level if h.degraded], sum(1 for h in level if h.excluded)))
+        levels = priority_levels(hosts)
         self.loads = loads = PriorityLoads(levels, self.panic_threshold)
         table = []
         acc = 0
