@@ -208,7 +208,8 @@ class Server:
             if dyn is not None and dyn.ads is not None:
                 # Envoy's init manager: listeners serve only once the first CDS/EDS/LDS/RDS
                 # round is in (or its initial fetch timed out); /ready says LIVE after that.
-                ready = self._start_xds(ctx, dyn)
+                from meshproxy.xds.start import start_ads
+                ready = start_ads(ctx, dyn, self.config.bootstrap.node)
                 stop = asyncio.ensure_future(ctx.shutdown_event.wait())
                 done, _ = await asyncio.wait({ready, stop},
                                              return_when=asyncio.FIRST_COMPLETED)
@@ -231,69 +232,6 @@ class Server:
         await ctx.shutdown_event.wait()
         await self._drain_and_stop()
         return 0
-
-    def _start_xds(self, ctx, dyn):
-        """Start the ADS client and the catalog that feeds the managers; returns a future
-        done when initialisation completes."""
-        from meshproxy.router.rds import RdsRegistry
-        from meshproxy.xds.ads_client import AdsClient
-        from meshproxy.xds.apply import ServerApplier
-        from meshproxy.xds.catalog import Catalog
-
-        loop = ctx.loop
-        ready = loop.create_future()
-        ctx.rds = RdsRegistry()
-        started = []
-
-        def on_listener(cfg):
-            if started:   # after start-up: bind and serve it now
-                loop.create_task(ctx.listener_manager.start_one(cfg))
-            else:         # during start-up: bound with the others
-                ctx.listener_manager.add(cfg)
-
-        catalog_ref = []
-        client = AdsClient.from_dynamic_config(dyn, self.config.bootstrap.node, {})
-        applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener,
-                                started=lambda: bool(started),
-                                on_drained=lambda name: catalog_ref[0].drained(name),
-                                set_fetch_timeout=client.mux.set_fetch_timeout)
-
-        def on_ready():
-            started.append(True)
-            if not ready.done():
-                ready.set_result(None)
-
-        catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
-        catalog_ref.append(catalog)
-        handlers = catalog.handlers()
-        from meshproxy.xds import stats as xs
-        from meshproxy.xds import types as T
-        for type_url, prefix, cls in ((T.CLUSTER, "cluster_manager.cds.", xs.CdsStats),
-                                      (T.LISTENER, "listener_manager.lds.",
-                                       xs.SubscriptionStats)):
-            st = xs.new_stats(cls)
-            ctx.store.register(prefix, st)
-            handlers[type_url] = xs.CountingHandler(handlers[type_url], st,
-                                                    dyn.ads.api_type == "DELTA_GRPC")
-        cps = xs.ControlPlaneStats()
-        cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
-        ctx.store.register("control_plane.", cps)
-        client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
-        delta = dyn.ads.api_type == "DELTA_GRPC"
-        handlers[T.ENDPOINT] = xs.PerNameCounting(handlers[T.ENDPOINT], applier.eds_stats_for,
-                                                  delta)
-        handlers[T.ROUTE] = xs.PerNameCounting(handlers[T.ROUTE], applier.rds_stats_for, delta)
-        ctx.xds_record = {}
-        for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
-            handlers[type_url] = xs.VersionRecorder(
-                handlers[type_url], ctx.xds_record,
-                on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None)
-        client.mux.handlers.update(handlers)
-        ctx.xds = (client, catalog, applier)
-        client.start()
-        catalog.start(cds=dyn.cds is not None and dyn.cds.server is not None,
-                      lds=dyn.lds is not None and dyn.lds.server is not None)
-        return ready
 
     def _write_admin_address_path(self, ctx):
         path = self.options.admin_address_path
