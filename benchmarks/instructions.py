@@ -3,6 +3,7 @@ metric when timings are too noisy (a shared machine, other work running).
 
     python -m benchmarks.instructions                  # this tree
     python -m benchmarks.instructions --src /tmp/wt    # another checkout (git worktree add ...)
+    python -m benchmarks.instructions --per-connection # a new connection per request
 
 It runs ``benchmarks.micro``'s objects (scenario "route": fake transports, no syscalls) under
 ``valgrind --tool=callgrind`` for two request counts and reports
@@ -23,7 +24,11 @@ import sys
 import tempfile
 
 
-def _loop(n: int) -> None:
+CLOSE_REQUEST = (b"GET /small HTTP/1.1\r\nHost: bench\r\nUser-Agent: h2load\r\nAccept: */*\r\n"
+                 b"Connection: close\r\n\r\n")
+
+
+def _loop(n: int, per_connection: bool = False) -> None:
     import asyncio
     import gc
 
@@ -41,7 +46,24 @@ def _loop(n: int) -> None:
     conn = DownstreamConnection(listener)
     conn.connection_made(down_t)
 
+    def new_connections(count):
+        # Scenario "route-close": each request on a new downstream connection that the proxy
+        # closes after the response; the upstream connection stays pooled.
+        for i in range(count):
+            t = micro.FakeTransport(("127.0.0.1", 20000 + i % 40000), ("127.0.0.1", 10000))
+            c = DownstreamConnection(listener)
+            c.connection_made(t)
+            c.data_received(CLOSE_REQUEST)
+            batch.flush_all()
+            up.transport.written.clear()
+            up.data_received(micro.RESPONSE)
+            batch.flush_all()
+            assert t.closing, "the proxy did not close a Connection: close connection"
+            c.connection_lost(None)
+
     def requests(count):
+        if per_connection:
+            return new_connections(count)
         for _ in range(count):
             conn.data_received(micro.REQUEST)
             batch.flush_all()
@@ -51,19 +73,21 @@ def _loop(n: int) -> None:
             down_t.written.clear()
 
     requests(100)
+    ctx.loop.run_until_complete(asyncio.sleep(0))   # callbacks the closes scheduled
     gc.collect()
     gc.freeze()
     exec("requests(n)", {"requests": requests, "n": n})   # the only part callgrind counts
     assert up.requests == 100 + n, "the upstream did not see every request"
 
 
-def _count(python: str, src: str, n: int) -> int:
+def _count(python: str, src: str, n: int, per_connection: bool) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "callgrind.out")
         env = dict(os.environ, PYTHONPATH=src, PYTHONHASHSEED="0")
         r = subprocess.run(["valgrind", "--tool=callgrind", "--collect-atstart=no",
                             "--toggle-collect=builtin_exec", f"--callgrind-out-file={out}",
-                            python, "-m", "benchmarks.instructions", "--run", str(n)],
+                            python, "-m", "benchmarks.instructions", "--run", str(n)]
+                           + (["--per-connection"] if per_connection else []),
                            cwd=src, env=env, capture_output=True, text=True, check=False)
         m = re.search(r"Collected : (\d+)", r.stderr)
         if r.returncode != 0 or m is None:
@@ -77,18 +101,21 @@ def main(argv=None) -> int:
                     help="checkout whose meshproxy (and benchmarks) to measure")
     ap.add_argument("--small", type=int, default=300)
     ap.add_argument("--large", type=int, default=3300)
+    ap.add_argument("--per-connection", action="store_true",
+                    help="a new downstream connection per request (scenario route-close)")
     ap.add_argument("--run", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.run is not None:
-        _loop(args.run)
+        _loop(args.run, args.per_connection)
         return 0
     python = os.path.realpath(sys.executable)
     subprocess.run([python, "-m", "compileall", "-q", os.path.join(args.src, "meshproxy")],
                    capture_output=True, check=False)
-    a = _count(python, args.src, args.small)
-    b = _count(python, args.src, args.large)
+    a = _count(python, args.src, args.small, args.per_connection)
+    b = _count(python, args.src, args.large, args.per_connection)
+    what = "route-close, a connection per request" if args.per_connection else "route"
     print(f"{(b - a) / (args.large - args.small):,.0f} instructions/request "
-          f"(route, Python hot path; {args.src})")
+          f"({what}, Python hot path; {args.src})")
     return 0
 
 

@@ -267,6 +267,11 @@ class H1ServerCodec(H1ServerBase):
     """The httptools (llhttp) backend, the default. A head llhttp refuses is re-read with
     ``h1_rules`` (Envoy's grammar); the raw bytes of a head in progress are kept for that."""
 
+    # httptools looks every callback up with getattr(..., None) when a parser is made; a
+    # missing one costs an AttributeError (formatted message and all) per new connection.
+    on_chunk_header = None
+    on_chunk_complete = None
+
     def __init__(self, callbacks, write, limits: CodecLimits, scheme: bytes = b"http"):
         super().__init__(callbacks, write, limits, scheme)
         self.parser = _parser(self)

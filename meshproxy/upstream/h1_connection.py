@@ -65,6 +65,11 @@ class UpstreamH1Connection(asyncio.Protocol):
                  "draining", "connected", "active_on_close", "body", "duration_handle",
                  "head_size", "limits", "out", "cl", "hop", "last_read", "spanned")
 
+    # httptools looks every callback up with getattr(..., None) when a parser is made; a
+    # missing one costs an AttributeError (formatted message and all) per new connection.
+    on_chunk_header = None
+    on_chunk_complete = None
+
     def __init__(self, pool):
         self.pool = pool
         self.stats = pool.cluster.stats
