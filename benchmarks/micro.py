@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import socket
+import struct
 import time
 
 from benchmarks.scenarios import SCENARIOS
@@ -66,6 +68,29 @@ class FakeTransport:
         pass
 
 
+class FakeInterceptedSocket:
+    """What the original_dst listener filter asks of an accepted socket that iptables
+    REDIRECTed: its family and ``getsockopt(SOL_IP, SO_ORIGINAL_DST)`` (a sockaddr_in)."""
+
+    family = socket.AF_INET
+
+    def __init__(self, original_dst):
+        self.raw = struct.pack("!HH4s8x", socket.AF_INET, original_dst[1],
+                               socket.inet_aton(original_dst[0]))
+
+    def getsockopt(self, level, option, size=None):
+        return self.raw
+
+    def setsockopt(self, *args):
+        pass
+
+
+def intercepted_transport(peer, local, original_dst) -> FakeTransport:
+    t = FakeTransport(peer, local)
+    t.extra["socket"] = FakeInterceptedSocket(original_dst)
+    return t
+
+
 def build(scenario_name: str):
     from meshproxy.cli import Options
     from meshproxy.config.bootstrap import build_server_config
@@ -83,15 +108,16 @@ def build(scenario_name: str):
     ctx.cluster_manager = ClusterManager(loop, ctx.store)
     for c in config.clusters:
         ctx.cluster_manager.add(c)
-    ctx.listener_manager = ListenerManager(ctx, ctx.store)
-    listener = ctx.listener_manager.add(config.listeners[0])
-    return ctx, listener
+    ctx.listener_manager = lm = ListenerManager(ctx, ctx.store)
+    listeners = [lm.add(c) for c in config.listeners]
+    lm._index_addresses()      # where use_original_dst hands connections (not bound here)
+    return ctx, listeners[0]
 
 
-def upstream_connection(ctx):
+def upstream_connection(ctx, cluster_name: str = "upstream"):
     """An idle kept-alive upstream connection in the cluster's pool, on a fake transport."""
     from meshproxy.upstream.h1_connection import UpstreamH1Connection
-    cluster = ctx.cluster_manager.get("upstream")
+    cluster = ctx.cluster_manager.get(cluster_name)
     host = cluster.hosts[0]
     pool = cluster.pool_for(host)
     conn = UpstreamH1Connection(pool)

@@ -69,13 +69,11 @@ class TimerQueue:
         entry[2] = None
         self.live -= 1
         if self.live == 0:
-            # Nothing left to wait for: no loop timer either.
+            # Nothing left to wait for. The loop timer stays armed: when connections come and
+            # go one at a time, the next one's deadlines are later than it, so they need no
+            # call_at; it fires once with nothing due, at worst.
             self.heap.clear()
             self.stale = 0
-            if self.handle is not None and not self.running:
-                self.handle.cancel()
-                self.handle = None
-                self.armed_at = None
             return
         self.stale += 1
         if self.stale > 64 and self.stale > self.live and not self.running:

@@ -93,9 +93,14 @@ def test_cancelled_deadlines_do_not_pile_up():
     assert q.live == 1
     assert len(q.heap) <= 2 * 65 + 1
     assert all(e[2] is None for e in q.heap if e[2] is not keep)
-    for _ in range(3):                       # everything cancelled: no loop timer either
+    for _ in range(3):                       # everything cancelled: nothing is kept
         keep.cancel()
-    assert clock.pending() == 0 and q.heap == []
+    assert q.heap == [] and q.live == 0
+    nxt = LazyTimer(clock, lambda now: None)
+    nxt.schedule(clock.time() + 300)         # later than the armed loop timer: no new one
+    assert clock.pending() == 1
+    clock.advance(1)                         # the old loop timer fires with nothing due
+    assert clock.pending() == 1 and q.heap[0][0] == 1300.0
 
 
 def test_owner_schedules_again_from_its_callback_at_the_same_time():
