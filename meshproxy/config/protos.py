@@ -80,15 +80,26 @@ def message_class(full_name: str):
 # JSON / YAML -> proto
 
 
+# Well-known types whose Any JSON carries a "value" member, and that value when it is absent.
+_EMPTY_WKT = {"google.protobuf.Struct": {}, "google.protobuf.ListValue": [],
+              "google.protobuf.Value": None}
+
+
 def _prepare(value, path: str):
     """Walk a JSON tree and wrap every ``Any`` whose type we cannot resolve, so json_format can
     parse the rest. The wrapped value keeps its type URL (see ``unpack_any``)."""
     if isinstance(value, dict):
         type_url = value.get("@type")
-        if isinstance(type_url, str) and find_message_descriptor(type_name_of(type_url)) is None:
-            rest = {k: v for k, v in value.items() if k != "@type"}
-            rest[_UNKNOWN_MARK] = type_url
-            return {"@type": _STRUCT_URL, "value": rest}
+        if isinstance(type_url, str):
+            name = type_name_of(type_url)
+            if find_message_descriptor(name) is None:
+                rest = {k: v for k, v in value.items() if k != "@type"}
+                rest[_UNKNOWN_MARK] = type_url
+                return {"@type": _STRUCT_URL, "value": rest}
+            if name in _EMPTY_WKT and "value" not in value:
+                # {"@type": ".../google.protobuf.Struct"} is an empty Struct to Envoy;
+                # protobuf's json_format would fail on the missing "value" with a KeyError.
+                return {**value, "value": _EMPTY_WKT[name]}
         return {k: _prepare(v, path) for k, v in value.items()}
     if isinstance(value, list):
         return [_prepare(v, path) for v in value]

@@ -15,6 +15,7 @@ import os
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 from meshproxy.router.header_mutation import build_mutation
+from meshproxy.router.per_filter_config import check_per_filter_config
 from meshproxy.upstream.hash_policy import build_hash_policy
 from meshproxy.router.matchers import (check_header_chars, regex_field, build_header_matcher,
                                        build_query_matcher, compile_rewrite)
@@ -116,7 +117,7 @@ def _build_vhost(msg, path, table, ctx) -> VirtualHost:
     if msg.HasField("retry_policy"):
         from meshproxy.router.retry_policy import build_retry_policy
         vh.retry_policy = build_retry_policy(msg.retry_policy, join(path, "retry_policy"))
-    vh.typed_per_filter_config = dict(msg.typed_per_filter_config)
+    vh.typed_per_filter_config = check_per_filter_config(msg.typed_per_filter_config, path)
     vh.routes = tuple(_build_route(r, f"{join(path, 'routes')}[{i}]", vh, ctx)
                       for i, r in enumerate(msg.routes))
     vh.needs_random = any(r.match.runtime_fraction is not None for r in vh.routes)
@@ -189,7 +190,8 @@ def _build_route(r, path, vh, ctx) -> Route:
                               "value length must be at least 1 characters")
         decorator = r.decorator.operation
     return Route(r.name, match, kind, action, req_mut, resp_mut, vh, decorator,
-                 dict(r.typed_per_filter_config), r.metadata if r.HasField("metadata") else None)
+                 check_per_filter_config(r.typed_per_filter_config, path),
+                 r.metadata if r.HasField("metadata") else None)
 
 
 def _regex_substitution(m, path):
@@ -308,6 +310,7 @@ def _weighted(wc_msg, path, names, kw) -> None:
         if names is not None and c.name and c.name not in names:
             raise ConfigError(join(cpath, "name"), f"route: unknown weighted cluster '{c.name}'")
         check_header_chars(c.host_rewrite_literal, join(cpath, "host_rewrite_literal"))
+        check_per_filter_config(c.typed_per_filter_config, cpath)
         total += c.weight.value
         if total > _UINT32_MAX:
             raise ConfigError(path, f"The sum of weights of all weighted clusters of route "

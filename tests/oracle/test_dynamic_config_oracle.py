@@ -3,14 +3,10 @@ what it refuses, with Envoy's words (``--mode validate``)."""
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import pytest
 import yaml
 
-from tests.support.proxies import REPO, find_envoy
+from tests.support.proxies import find_envoy, validate
 
 pytestmark = pytest.mark.oracle
 
@@ -69,14 +65,6 @@ CASES = {
 }
 
 
-def validate(cmd_prefix, path):
-    p = subprocess.run([*cmd_prefix, "--mode", "validate", "-c", str(path), "-l", "critical"],
-                       capture_output=True, text=True, cwd=REPO, timeout=60)
-    text = p.stdout + p.stderr
-    m = re.search(r"error initializing configuration '[^']*': (.*)", text)
-    return p.returncode, (m.group(1) if m else "")
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_dynamic_resources_validate_as_envoy(tmp_path, name):
     envoy = find_envoy()
@@ -90,8 +78,8 @@ def test_dynamic_resources_validate_as_envoy(tmp_path, name):
         boot["node"] = node
     path = tmp_path / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(boot))
-    e_rc, e_msg = validate([envoy], path)
-    m_rc, m_msg = validate([sys.executable, "-m", "meshproxy"], path)
+    e_rc, e_msg = validate("envoy", path)
+    m_rc, m_msg = validate("meshproxy", path)
     assert m_rc == e_rc, (e_msg, m_msg)
     if e_rc:
         # Envoy appends the offending proto's debug string after ": goo.gle/..." in some

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,6 +27,16 @@ import urllib.request
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHARED = os.path.join(os.path.dirname(REPO), "shared")
 REAL_CONFIGS = os.path.join(SHARED, "real-configs")
+
+
+def validate(kind: str, path) -> tuple[int, str]:
+    """``--mode validate`` of ``kind`` ("envoy" or "meshproxy") on a bootstrap file: its exit
+    status and the text after ``error initializing configuration '<file>': `` (empty if OK)."""
+    cmd = [find_envoy()] if kind == "envoy" else [sys.executable, "-m", "meshproxy"]
+    p = subprocess.run([*cmd, "--mode", "validate", "-c", str(path), "-l", "critical"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    m = re.search(r"error initializing configuration '[^']*': (.*)", p.stdout + p.stderr)
+    return p.returncode, (m.group(1) if m else "")
 
 
 def find_envoy() -> str | None:
