@@ -234,7 +234,12 @@ def _http_filters(h, path):
 
 
 def _known_http_filter(name, typed, path):
-    """HTTP filters meshproxy implements (besides the router). None: not implemented."""
+    """HTTP filters meshproxy implements (besides the router), found by their config's type as
+    Envoy finds factories. None: not implemented."""
+    if typed is not None and not isinstance(typed, UnknownExtension):
+        from meshproxy.http.fault import FAULT_TYPE, build_fault_filter
+        if typed.DESCRIPTOR.full_name == FAULT_TYPE:
+            return build_fault_filter(name, typed, join(path, "typed_config"))
     return None
 
 

@@ -83,3 +83,42 @@ def response_for(reply: Reply, body: bytes | None = None) -> tuple[ResponseHeade
         headers.append((b"content-type", b"text/plain"))
         resp.content_length = len(b)
     return resp, b
+
+
+# --------------------------------------------------------------------------------------------
+# gRPC requests get their local replies as gRPC statuses (Envoy's Utility::sendLocalReply with
+# is_grpc: a trailers-only response, 200 with grpc-status and grpc-message).
+
+def is_grpc(req) -> bool:
+    """``Grpc::Common::hasGrpcContentType``: application/grpc, or application/grpc+<codec> or
+    application/grpc;<params>."""
+    for n, v in req.headers:
+        if n == b"content-type":
+            return v == b"application/grpc" or v[:17] in (b"application/grpc+",
+                                                           b"application/grpc;")
+    return False
+
+
+_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_status_for(http_status: int) -> int:
+    """``Grpc::Utility::httpToGrpcStatus`` (grpc/doc/http-grpc-status-mapping.md)."""
+    return _HTTP_TO_GRPC.get(http_status, 2)
+
+
+def _percent_encode(b: bytes) -> bytes:
+    """grpc-message is percent-encoded outside printable ASCII and '%' (PROTOCOL-HTTP2.md)."""
+    return b"".join(bytes((c,)) if 0x20 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c
+                    for c in b)
+
+
+def grpc_response_for(reply: Reply, body: bytes | None,
+                      grpc_status: int | None) -> tuple[ResponseHeaders, bytes]:
+    b = reply.body if body is None else body
+    code = grpc_status if grpc_status is not None else grpc_status_for(reply.status)
+    headers = [(b"x-envoy-overloaded", b"true")] if reply.overloaded else []
+    headers += [(b"content-type", b"application/grpc"), (b"grpc-status", b"%d" % code)]
+    if b:
+        headers.append((b"grpc-message", _percent_encode(b)))
+    return ResponseHeaders(200, headers), b""

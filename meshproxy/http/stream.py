@@ -28,7 +28,7 @@ class ActiveStream:
                  "upstream_host", "upstream_cluster_name", "idle_deadline", "request_deadline",
                  "route_deadline", "headers_deadline", "done", "request_headers_end_stream",
                  "close_connection", "bytes_received", "bytes_sent", "request_id",
-                 "max_deadline")
+                 "max_deadline", "filters")
 
     def __init__(self, hcm):
         self.hcm = hcm
@@ -58,6 +58,7 @@ class ActiveStream:
         self.bytes_received = 0
         self.bytes_sent = 0
         self.request_id = None
+        self.filters = None       # _Filters: the HCM's HTTP filters, when it has any
         stats = cfg.stats
         stats.downstream_rq_total += 1
         stats.downstream_rq_http1_total += 1
@@ -131,12 +132,48 @@ class ActiveStream:
             ls.downstream_rq_1xx += 1
             ls.downstream_rq_completed += 1
         self.request_id = mutate_request_headers(req, self.conn, cfg)
+        # Envoy resolves the route once and caches it for every filter (cached_route_).
+        route = self.route = cfg.route_table.route(req)
+        if cfg.filters:
+            self.filters = _Filters(self, cfg.filters)
+            if self.filters.run(req, end_stream):
+                return
+        elif route is not None and route.kind == ROUTE:
+            # The common case, without the call (_terminal_headers does the same).
+            stats.rq_total += 1
+            r = self.router = Router(self, route)
+            r.decode_headers(req, end_stream)
+            return
+        self._terminal_headers(req, end_stream)
+
+    def continue_decoding(self) -> None:
+        """A filter that stopped the request lets it go on (Envoy's ``continueDecoding``):
+        the remaining filters, then the router with the body that arrived meanwhile."""
+        if self.done or self.response_started:
+            return
+        req = self.request
+        headers_end = self.request_headers_end_stream
+        fs = self.filters
+        held = self.router
+        self.router = None
+        if fs.run(req, headers_end):
+            self.router = held
+            return
+        self._terminal_headers(req, headers_end)
+        for data, end_stream in held.body:
+            r = self.router
+            if r is None or self.done:
+                break
+            r.decode_data(data, end_stream)
+
+    def _terminal_headers(self, req, end_stream: bool) -> None:
+        """The router filter's decodeHeaders: route, redirect or answer directly."""
+        stats = self.config.stats
         stats.rq_total += 1  # the router filter sees the request from here on
-        route = cfg.route_table.route(req)
+        route = self.route
         if route is None:
             stats.no_route += 1
             return self.send_local_reply(local_reply.NO_ROUTE)
-        self.route = route
         kind = route.kind
         if kind == ROUTE:
             self.router = Router(self, route)
@@ -203,8 +240,10 @@ class ActiveStream:
         self.apply_route_response_mutations(resp, None)
         self._send(resp, b"")
 
-    def send_local_reply(self, reply, body: bytes | None = None, route_mutations: bool = False):
-        """Answer from the proxy itself (see ``http.local_reply``)."""
+    def send_local_reply(self, reply, body: bytes | None = None, route_mutations: bool = False,
+                         grpc_status: int | None = None):
+        """Answer from the proxy itself (see ``http.local_reply``); a gRPC request gets the
+        answer as a gRPC status (``grpc_status``, else the one Envoy maps the HTTP status to)."""
         if self.response_started:
             # Too late for a reply: Envoy resets the stream, which for HTTP/1 closes.
             self.reset_stream()
@@ -212,7 +251,11 @@ class ActiveStream:
         if reply.flag:
             self.response_flags = reply.flag
         self.details = reply.details
-        resp, b = local_reply.response_for(reply, body)
+        req = self.request
+        if req is not None and local_reply.is_grpc(req):
+            resp, b = local_reply.grpc_response_for(reply, body, grpc_status)
+        else:
+            resp, b = local_reply.response_for(reply, body)
         if route_mutations and self.route is not None:
             self.apply_route_response_mutations(resp, None)
         self._local(reply, resp, b)
@@ -339,6 +382,14 @@ class ActiveStream:
         # reference counting free both (and the request they hold) without the cycle
         # collector, which otherwise ran every ~100 requests.
         self.router = None
+        if self.filters is not None:
+            self._destroy_filters()
+
+    def _destroy_filters(self) -> None:
+        fs = self.filters
+        self.filters = None
+        for f in fs.filters:
+            f.on_destroy()
 
     # ------------------------------------------------------------------ resets and timeouts
 
@@ -361,6 +412,8 @@ class ActiveStream:
         r = self.router
         if r is not None:
             r.on_downstream_reset()
+        if self.filters is not None:
+            self._destroy_filters()
 
     def check_timeouts(self, now: float):
         """Called by the connection's timer; returns the next deadline or None."""
@@ -417,3 +470,52 @@ class ActiveStream:
         return (f"<ActiveStream {req.method.decode() if req else '-'} "
                 f"{req.path.decode('latin-1') if req else '-'} status={self.response_status} "
                 f"flags={self.response_flags or '-'}>")
+
+
+class _Filters:
+    """The HCM's HTTP filters for one request, run in order before the router (Envoy's
+    ``ActiveStream`` decoder filter iteration). A filter's ``decode_headers`` returns True to
+    stop iteration; it answers (a local reply) or later calls ``stream.continue_decoding``."""
+
+    __slots__ = ("filters", "index", "stream")
+
+    def __init__(self, stream, factories):
+        self.stream = stream
+        self.filters = [f.create(stream) for f in factories]
+        self.index = 0
+
+    def run(self, req, end_stream: bool) -> bool:
+        fs = self.filters
+        stream = self.stream
+        while self.index < len(fs):
+            f = fs[self.index]
+            self.index += 1
+            if f.decode_headers(req, end_stream):
+                if not stream.response_started and stream.router is None:
+                    stream.router = _HeldBody()
+                return True
+        return False
+
+
+class _HeldBody:
+    """Stands in for the router while a filter stops the request: the body that arrives
+    meanwhile waits here (Envoy buffers it under the stream's buffer limit)."""
+
+    __slots__ = ("body",)
+    paused_downstream = False
+
+    def __init__(self):
+        self.body = []
+
+    def decode_data(self, data: bytes, end_stream: bool) -> None:
+        self.body.append((data, end_stream))
+
+    def on_downstream_reset(self) -> None:
+        self.body = []
+
+    def on_downstream_write_paused(self, paused: bool) -> None:
+        pass
+
+    def abort_upstream(self) -> None:
+        pass
+

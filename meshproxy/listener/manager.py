@@ -95,6 +95,9 @@ class ListenerManager:
                     cfg.stats = TcpStats()
                     self.store.register(f"tcp.{cfg.stat_prefix}.", cfg.stats)
             if chain.kind == "http":
+                for f in cfg.filters:
+                    for prefix, block in f.stats_blocks(f"http.{cfg.stat_prefix}."):
+                        self.store.register(prefix, block)
                 lhs = per_listener_http.get(cfg.stat_prefix)
                 if lhs is None:
                     lhs = per_listener_http[cfg.stat_prefix] = ListenerHttpStats()

@@ -190,7 +190,7 @@ class DirectResponse:
 class Route:
     __slots__ = ("name", "match", "kind", "action", "request_mutation", "response_mutation",
                  "vhost", "decorator", "typed_per_filter_config", "metadata",
-                 "req_chain", "resp_chain", "rewrites")
+                 "req_chain", "resp_chain", "rewrites", "filter_settings")
 
     def __init__(self, name, match, kind, action, request_mutation, response_mutation, vhost,
                  decorator=None, typed_per_filter_config=None, metadata=None):
@@ -203,6 +203,7 @@ class Route:
         self.vhost = vhost
         self.decorator = decorator
         self.typed_per_filter_config = typed_per_filter_config or {}
+        self.filter_settings = {}  # filter name -> its translated per-route config (lazily)
         self.metadata = metadata
         self._plan()
 
@@ -232,7 +233,7 @@ class Route:
 class VirtualHost:
     __slots__ = ("name", "domains", "routes", "request_mutation", "response_mutation",
                  "retry_policy", "require_tls", "include_attempt_count", "table",
-                 "typed_per_filter_config", "needs_random")
+                 "typed_per_filter_config", "needs_random", "filter_settings")
 
     def __init__(self, name, domains):
         self.name = name
@@ -245,6 +246,7 @@ class VirtualHost:
         self.include_attempt_count = False
         self.table = None
         self.typed_per_filter_config = {}
+        self.filter_settings = {}
         self.needs_random = False  # some route has a runtime_fraction
 
     def route(self, req, random_value: int | None = None):
