@@ -16,6 +16,7 @@ from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, wrapped
 from meshproxy.router.header_mutation import build_mutation
 from meshproxy.router.per_filter_config import check_per_filter_config
+from meshproxy.router.shadow import ShadowPolicy
 from meshproxy.upstream.hash_policy import build_hash_policy
 from meshproxy.router.matchers import (check_header_chars, regex_field, build_header_matcher,
                                        build_query_matcher, compile_rewrite)
@@ -43,11 +44,12 @@ def _mutations(msg, path, response: bool):
 class _Ctx:
     """What route building needs from the route configuration."""
 
-    __slots__ = ("cluster_names", "max_body")
+    __slots__ = ("cluster_names", "max_body", "mirror")
 
     def __init__(self, cluster_names, max_body):
         self.cluster_names = cluster_names
         self.max_body = max_body
+        self.mirror = ()    # the route configuration's request_mirror_policies
 
 
 def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
@@ -62,6 +64,7 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
     check = rc.validate_clusters.value if rc.HasField("validate_clusters") else validate_clusters
     ctx = _Ctx(cluster_names if check else None,
                wrapped(rc, "max_direct_response_body_size_bytes", MAX_DIRECT_RESPONSE_BODY))
+    ctx.mirror = _mirror_policies(rc, path, ctx)
     suffixes: dict[int, dict] = {}
     prefixes: dict[int, dict] = {}
     vhosts = []
@@ -102,8 +105,6 @@ def build_route_table(rc, path: str = "route_config", *, cluster_names=None,
     table.prefixes = sorted(prefixes.items(), key=lambda kv: -kv[0])
     table.vhosts = tuple(vhosts)
     table.only_default = table.default is not None and len(vhosts) == 1
-    for i, p in enumerate(rc.request_mirror_policies):
-        _check_mirror(p, f"{join(path, 'request_mirror_policies')}[{i}]", ctx)
     return table
 
 
@@ -118,6 +119,7 @@ def _build_vhost(msg, path, table, ctx) -> VirtualHost:
         from meshproxy.router.retry_policy import build_retry_policy
         vh.retry_policy = build_retry_policy(msg.retry_policy, join(path, "retry_policy"))
     vh.typed_per_filter_config = check_per_filter_config(msg.typed_per_filter_config, path)
+    vh.request_mirror_policies = _mirror_policies(msg, path, ctx) or ctx.mirror
     vh.routes = tuple(_build_route(r, f"{join(path, 'routes')}[{i}]", vh, ctx)
                       for i, r in enumerate(msg.routes))
     vh.needs_random = any(r.match.runtime_fraction is not None for r in vh.routes)
@@ -172,6 +174,8 @@ def _build_route(r, path, vh, ctx) -> Route:
     resp_mut = _mutations(r, path, True)
     if which == "route":
         kind, action = ROUTE, _build_action(r.route, join(path, "route"), ctx)
+        if not action.request_mirror_policies:
+            action.request_mirror_policies = vh.request_mirror_policies
     elif which == "redirect":
         kind, action = REDIRECT, _build_redirect(r.redirect, join(path, "redirect"))
     elif which == "direct_response":
@@ -277,16 +281,16 @@ def _build_action(a, path, ctx) -> RouteAction:
     kw["upgrade_configs"] = {u.upgrade_type.lower(): wrapped(u, "enabled", True)
                              for u in a.upgrade_configs}
     kw["priority"] = a.priority
-    for i, p in enumerate(a.request_mirror_policies):
-        _check_mirror(p, f"{join(path, 'request_mirror_policies')}[{i}]", ctx)
-    kw["request_mirror_policies"] = tuple(a.request_mirror_policies)
+    kw["request_mirror_policies"] = _mirror_policies(a, path, ctx)
     return RouteAction(**kw)
 
 
-def _check_mirror(p, path, ctx) -> None:
-    names = ctx.cluster_names
-    if p.cluster and names is not None and p.cluster not in names:
-        raise ConfigError(join(path, "cluster"), f"route: unknown shadow cluster '{p.cluster}'")
+def _mirror_policies(msg, path, ctx) -> tuple:
+    """``request_mirror_policies`` of a route action, virtual host or route configuration;
+    the most specific level that has any replaces the others."""
+    return tuple(ShadowPolicy(p, f"{join(path, 'request_mirror_policies')}[{i}]",
+                              ctx.cluster_names)
+                 for i, p in enumerate(msg.request_mirror_policies))
 
 
 def _weighted(wc_msg, path, names, kw) -> None:

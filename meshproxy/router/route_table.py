@@ -233,7 +233,8 @@ class Route:
 class VirtualHost:
     __slots__ = ("name", "domains", "routes", "request_mutation", "response_mutation",
                  "retry_policy", "require_tls", "include_attempt_count", "table",
-                 "typed_per_filter_config", "needs_random", "filter_settings")
+                 "typed_per_filter_config", "needs_random", "filter_settings",
+                 "request_mirror_policies")
 
     def __init__(self, name, domains):
         self.name = name
@@ -247,6 +248,7 @@ class VirtualHost:
         self.table = None
         self.typed_per_filter_config = {}
         self.filter_settings = {}
+        self.request_mirror_policies = ()
         self.needs_random = False  # some route has a runtime_fraction
 
     def route(self, req, random_value: int | None = None):

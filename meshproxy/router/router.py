@@ -26,6 +26,7 @@ from __future__ import annotations
 from meshproxy.http import local_reply
 from meshproxy.router.control_headers import EXPECTED_HDR, consume_control_headers
 from meshproxy.router.rewrite import finalize_request_headers
+from meshproxy.router.shadow import start_shadows
 from meshproxy.router.upstream_request import UpstreamRequest
 from meshproxy.upstream.h1_connection import OVERFLOW
 from meshproxy.upstream.outlier import LOCAL_ORIGIN_CONNECT_FAILED, LOCAL_ORIGIN_TIMEOUT
@@ -50,7 +51,7 @@ class Router:
     __slots__ = ("stream", "route", "cluster", "weighted", "upstream", "timeout", "per_try",
                  "request_done", "paused_downstream", "host_rewritten", "internal", "retry",
                  "buffered", "buffered_bytes", "attempts", "retry_handle", "per_try_handle",
-                 "extra_flag", "retry_policy")
+                 "extra_flag", "retry_policy", "shadows")
 
     def __init__(self, stream, route):
         self.stream = stream
@@ -72,6 +73,7 @@ class Router:
         self.retry_handle = None
         self.per_try_handle = None
         self.extra_flag = ""
+        self.shadows = None        # router.shadow.Shadow list: mirrored copies of the request
 
     # ------------------------------------------------------------------ request
 
@@ -105,6 +107,9 @@ class Router:
         self._finalize_request(req, action)
         if end_stream:
             self.request_done = True
+        if action.request_mirror_policies:
+            self.shadows = start_shadows(self, req, end_stream,
+                                         self.route.vhost.include_attempt_count)
         self._start_attempt()
         if end_stream and self.upstream is not None and (self.timeout or self.per_try):
             self._on_request_complete()
@@ -153,6 +158,9 @@ class Router:
     def decode_data(self, data: bytes, end_stream: bool) -> None:
         if end_stream:
             self.request_done = True
+        if self.shadows is not None:
+            for s in self.shadows:
+                s.send_data(data, end_stream)
         if data and (self.retry is not None or self.retry_policy is not None):
             if self.buffered is None:
                 self.buffered = []
@@ -421,6 +429,10 @@ class Router:
     def on_downstream_reset(self) -> None:
         # Envoy counts no upstream_rq_tx_reset when it resets an HTTP/1 upstream request.
         self.abort_upstream()
+        if self.shadows is not None and not self.request_done:
+            # A shadow still streaming the request has nothing whole to send: cancel it.
+            for s in self.shadows:
+                s.abort()
 
     # ------------------------------------------------------------------ flow control
 
