@@ -128,8 +128,13 @@ def picks(procs, requests):
 def test_header_keys_pick_the_same_hosts(env, prefix):
     got = picks(env, [(prefix, [("x-key", k)]) for k in KEYS])
     assert got["meshproxy"] == got["envoy"]
-    assert len(set(got["envoy"])) == (1 if prefix == "/onehost" else 5 if prefix != "/unhealthy"
-                                      else 3)
+    hosts = len(set(got["envoy"]))
+    if prefix in ("/small", "/maglev7"):
+        # 12 ring entries / 7 table slots for 5 hosts placed by their (random) ports: a host
+        # may own too small an arc to draw any of the 150 keys.
+        assert hosts >= 3
+    else:
+        assert hosts == (1 if prefix == "/onehost" else 5 if prefix != "/unhealthy" else 3)
     if prefix == "/unhealthy":
         assert not {"u0", "u1"} & set(got["envoy"])
 
