@@ -27,7 +27,8 @@ class RetryPolicy:
                  "base_interval", "max_interval", "host_predicates",
                  "host_selection_retry_max_attempts", "retry_priority",
                  # derived once here, read by every request's RetryState
-                 "base_ms", "max_ms", "previous_hosts", "retry_statuses", "grpc", "ratelimited")
+                 "base_ms", "max_ms", "previous_hosts", "retry_statuses", "grpc", "ratelimited",
+                 "header_matchers", "request_matchers", "retry_headers")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -48,6 +49,9 @@ class RetryPolicy:
         self.retry_statuses = frozenset(statuses)
         self.grpc = bool(on & GRPC_RETRY_ON)
         self.ratelimited = "envoy-ratelimited" in on
+        self.header_matchers = self.header_matchers or ()
+        self.request_matchers = self.request_matchers or ()
+        self.retry_headers = bool(self.header_matchers) and "retriable-headers" in on
 
     def may_retry_headers(self, resp) -> bool:
         """False when no response with these headers could be retried under this policy
@@ -56,10 +60,43 @@ class RetryPolicy:
             return True
         if self.grpc and resp.get(b"grpc-status") is not None:
             return True
+        if self.retry_headers and headers_match(self.header_matchers, resp):
+            return True
         return self.ratelimited and resp.get(b"x-envoy-ratelimited") is not None
+
+    def allows_request(self, req) -> bool:
+        """``retriable_request_headers``: retry only requests that match one of them."""
+        return any(m.match(req) for m in self.request_matchers)
 
     def __repr__(self):
         return f"<RetryPolicy {','.join(sorted(self.retry_on))} x{self.num_retries}>"
+
+
+class _ResponseView:
+    """A response as header matchers see a request: ``:status`` is a header there."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self, resp):
+        self.headers = resp.headers
+        self.status = resp.status
+
+    def get(self, name: bytes):
+        for n, v in self.headers:
+            if n == name:
+                return v
+        return None
+
+    def get_pseudo_or_header(self, name: bytes):
+        if name == b":status":
+            return b"%d" % self.status
+        return None if name[:1] == b":" else self.get(name)
+
+
+def headers_match(matchers, resp) -> bool:
+    """Whether any of ``matchers`` (``retriable_headers``) matches response ``resp``."""
+    view = _ResponseView(resp)
+    return any(m.match(view) for m in matchers)
 
 
 def parse_retry_on(value: str) -> frozenset:
@@ -90,7 +127,13 @@ def build_retry_policy(p, path: str) -> RetryPolicy:
                                   "base_interval")
     if max_iv is None:
         max_iv = base * 10
+    from meshproxy.router.matchers import build_header_matcher
     preds = tuple(h.name for h in p.retry_host_predicate)
+    header_matchers = tuple(build_header_matcher(h, f"{join(path, 'retriable_headers')}[{i}]")
+                            for i, h in enumerate(p.retriable_headers))
+    request_matchers = tuple(
+        build_header_matcher(h, f"{join(path, 'retriable_request_headers')}[{i}]")
+        for i, h in enumerate(p.retriable_request_headers))
     return RetryPolicy(
         retry_on=parse_retry_on(p.retry_on),
         num_retries=wrapped(p, "num_retries", 1),
@@ -104,4 +147,6 @@ def build_retry_policy(p, path: str) -> RetryPolicy:
         host_predicates=preds,
         host_selection_retry_max_attempts=p.host_selection_retry_max_attempts or 1,
         retry_priority=p.retry_priority.name if p.HasField("retry_priority") else None,
+        header_matchers=header_matchers,
+        request_matchers=request_matchers,
     )

@@ -240,6 +240,15 @@ class Cluster:
             self.cb_used = True
         return pool
 
+    def max_retries(self) -> int:
+        """The retry circuit breaker's limit now: ``max_retries``, or with a ``retry_budget``
+        ``max(budget_percent% of active + pending requests, min_retry_concurrency)``
+        (``ResourceManagerImpl::RetryBudgetImpl::max``)."""
+        budget = self.thresholds.retry_budget
+        if budget is None:
+            return self.thresholds.max_retries
+        return max(int(budget[0] / 100.0 * (self.pending_active + self.rq_active)), budget[1])
+
     def charge(self, status: int, internal: bool) -> None:
         """Count a response (from the upstream or the router's own) as Envoy's router does
         (``Filter::chargeUpstreamCode`` -> ``CodeStats::chargeResponseStat``)."""
@@ -279,12 +288,14 @@ class Cluster:
             vals = {"cx_open": _open(cx, th.max_connections), "cx_pool_open": 0,
                     "rq_open": _open(rq, th.max_requests),
                     "rq_pending_open": _open(pending, th.max_pending_requests),
-                    "rq_retry_open": _open(retries, th.max_retries)}
+                    "rq_retry_open": _open(retries, self.max_retries() if default
+                                           else th.max_retries)}
             if th.track_remaining:
                 vals.update(remaining_cx=max(0, th.max_connections - cx),
                             remaining_pending=max(0, th.max_pending_requests - pending),
                             remaining_rq=max(0, th.max_requests - rq),
-                            remaining_retries=max(0, th.max_retries - retries))
+                            remaining_retries=max(0, (self.max_retries() if default
+                                                      else th.max_retries) - retries))
             for n, v in vals.items():
                 used = (self.cb_used and default and n != "rq_retry_open") or None
                 yield f"{prefix}circuit_breakers.{prio}.{n}", "gauge", v, used

@@ -23,6 +23,8 @@ class Thresholds:
     max_requests: int = 1024
     max_retries: int = 3
     track_remaining: bool = False
+    # retry_budget: (budget_percent, min_retry_concurrency); replaces max_retries when set
+    retry_budget: tuple | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +88,9 @@ def _thresholds(cb, path) -> tuple[Thresholds, Thresholds]:
             max_requests=wrapped(t, "max_requests", 1024),
             max_retries=wrapped(t, "max_retries", 3),
             track_remaining=t.track_remaining,
+            retry_budget=(wrapped(t.retry_budget, "budget_percent", 20.0),
+                          wrapped(t.retry_budget, "min_retry_concurrency", 3))
+            if t.HasField("retry_budget") else None,
         )
         if t.priority == 1:
             high = th

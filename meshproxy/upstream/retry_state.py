@@ -11,7 +11,7 @@ What may be retried (docs: config/http/http_filters/router_filter, x-envoy-retry
   ``envoy-ratelimited`` only for responses carrying ``x-envoy-ratelimited``.
 
 ``should_retry`` then applies the budget: ``num_retries`` (or ``x-envoy-max-retries``) and the
-cluster's ``max_retries`` circuit breaker, counting ``upstream_rq_retry``,
+cluster's ``max_retries`` circuit breaker (or its ``retry_budget``), counting ``upstream_rq_retry``,
 ``upstream_rq_retry_limit_exceeded``, ``upstream_rq_retry_overflow``,
 ``upstream_rq_retry_success`` (a retried request that ends without wanting another) and
 ``upstream_rq_retry_backoff_exponential``. Backoff is Envoy's jittered exponential: the n-th
@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import random
 
-from meshproxy.router.retry_policy import parse_retry_on
+from meshproxy.router.matchers import PRESENT, HeaderMatcher
+from meshproxy.router.retry_policy import headers_match, parse_retry_on
 
 YES, NO, LIMIT_EXCEEDED, OVERFLOW = "yes", "no", "limit_exceeded", "overflow"
 _CONNECT_FAILURES = frozenset(("remote connection failure", "connection timeout",
@@ -36,10 +37,11 @@ _GRPC = {b"1": "cancelled", b"4": "deadline-exceeded", b"8": "resource-exhausted
 class RetryState:
     __slots__ = ("retry_on", "retries_left", "codes", "base_ms", "max_ms", "cluster", "rng",
                  "armed", "backoff_exp", "previous_hosts", "max_host_attempts", "attempted",
-                 "per_try_timeout")
+                 "per_try_timeout", "header_matchers")
 
     def __init__(self, policy, cluster, rng=None, retry_on_header: bytes | None = None,
-                 max_retries_header: bytes | None = None, codes_header=None):
+                 max_retries_header: bytes | None = None, codes_header=None,
+                 header_names: tuple | None = None):
         # Per request on every Istio route: take the policy's frozen values as they are.
         if policy is not None:
             retry_on = policy.retry_on
@@ -50,6 +52,7 @@ class RetryState:
             self.per_try_timeout = policy.per_try_timeout
             self.previous_hosts = policy.previous_hosts
             self.max_host_attempts = policy.host_selection_retry_max_attempts
+            self.header_matchers = policy.header_matchers
         else:
             retry_on = frozenset()
             n = 1
@@ -58,6 +61,7 @@ class RetryState:
             self.per_try_timeout = None
             self.previous_hosts = False
             self.max_host_attempts = 1
+            self.header_matchers = ()
         if retry_on_header:
             retry_on = retry_on | parse_retry_on(retry_on_header.decode("latin-1"))
         self.retry_on = retry_on
@@ -66,6 +70,11 @@ class RetryState:
         self.retries_left = n
         if codes_header:
             self.codes = self.codes | codes_header    # x-envoy-retriable-status-codes
+        if header_names:
+            # x-envoy-retriable-header-names: a response carrying any of them is retriable
+            # (under retriable-headers), as the route's retriable_headers.
+            self.header_matchers = self.header_matchers + tuple(
+                HeaderMatcher(n, PRESENT) for n in header_names)
         self.cluster = cluster
         self.rng = rng or random
         self.armed = False       # a retry was granted and holds a max_retries slot
@@ -101,6 +110,9 @@ class RetryState:
             return True
         if "retriable-status-codes" in on and status in self.codes:
             return True
+        if "retriable-headers" in on and self.header_matchers and \
+                headers_match(self.header_matchers, resp):
+            return True
         grpc = resp.get(b"grpc-status")
         return grpc is not None and _GRPC.get(grpc) in on
 
@@ -117,7 +129,7 @@ class RetryState:
             return LIMIT_EXCEEDED
         self.retries_left -= 1
         cluster = self.cluster
-        if cluster.retries_active >= cluster.thresholds.max_retries:
+        if cluster.retries_active >= cluster.max_retries():
             stats.upstream_rq_retry_overflow += 1
             return OVERFLOW
         self.armed = True

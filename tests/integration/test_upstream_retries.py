@@ -36,7 +36,8 @@ def fake_cluster(max_retries=3):
         upstream_rq_retry=0, upstream_rq_retry_success=0, upstream_rq_retry_limit_exceeded=0,
         upstream_rq_retry_overflow=0, upstream_rq_retry_backoff_exponential=0)
     return types.SimpleNamespace(stats=stats, retries_active=0,
-                                 thresholds=types.SimpleNamespace(max_retries=max_retries))
+                                 thresholds=types.SimpleNamespace(max_retries=max_retries),
+                                 max_retries=lambda: max_retries)
 
 
 def resp(status, *headers):
