@@ -122,10 +122,6 @@ class Router:
         per_try = (policy.per_try_timeout or 0.0) if policy is not None else 0.0
         retry_on = max_retries = codes = names = None
         hedge = False
-        # retriable_request_headers: a request none of them matches is never retried, whatever
-        # its x-envoy-retry-on says (RetryStateImpl clears retry_on_).
-        retriable = policy is None or not policy.request_matchers or \
-            policy.allows_request(req)
         if req.envoy_headers or stream.config.internal_address_config:
             c = consume_control_headers(req, timeout, per_try)
             timeout, per_try, retry_on, max_retries, codes, hedge, self.internal, names = c
@@ -133,14 +129,17 @@ class Router:
             per_try = 0.0
         self.timeout = timeout
         self.per_try = per_try
-        if retriable and (retry_on is not None or max_retries is not None or codes is not None
-                          or names):
-            state = RetryState(policy, self.cluster, retry_on_header=retry_on,
-                               max_retries_header=max_retries, codes_header=codes,
-                               header_names=names)
-            if state.enabled:
-                self.retry = state
-        elif retriable and policy is not None and policy.retry_on:
+        # retriable_request_headers: a request none of them matches is never retried, whatever
+        # its x-envoy-retry-on says (RetryStateImpl clears retry_on_).
+        if retry_on is not None or max_retries is not None or codes is not None or names:
+            if policy is None or not policy.request_matchers or policy.allows_request(req):
+                state = RetryState(policy, self.cluster, retry_on_header=retry_on,
+                                   max_retries_header=max_retries, codes_header=codes,
+                                   header_names=names)
+                if state.enabled:
+                    self.retry = state
+        elif policy is not None and policy.retry_on and (
+                not policy.request_matchers or policy.allows_request(req)):
             # Most requests are never retried: their RetryState (and its bookkeeping) is made
             # only when a response or reset might be retried (_retry_state).
             self.retry_policy = policy
