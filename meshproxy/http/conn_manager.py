@@ -23,7 +23,8 @@ from meshproxy.http.stream import ActiveStream
 from meshproxy.listener.config import ListenerHttpStats
 from meshproxy.timer import LazyTimer
 
-_SERVER_DRAINING = 1   # meshproxy.server.DRAINING: the process is shutting down
+_SERVER_DRAINING = 1
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # meshproxy.server.DRAINING: the process is shutting down
 
 
 def _linger_zero(conn) -> None:
@@ -49,7 +50,7 @@ class HttpConnectionManager:
                  "draining", "closed", "cluster_manager", "listener_buffer_limit",
                  "requests_served", "ctx", "drain_state", "drain_deadline", "duration_deadline",
                  "delayed_close_deadline", "unread", "sync_depth", "queued_responses",
-                 "saw_data", "requests_started", "lstats")
+                 "saw_data", "requests_started", "lstats", "h2_stats")
 
     def __init__(self, config, conn, ctx):
         self.config = config
@@ -65,7 +66,11 @@ class HttpConnectionManager:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         conn.out.tx_stats = stats
-        self.codec = _codec_class(config.codec_backend)(self, conn.out.write, config.limits)
+        if config.codec_type == "HTTP2":
+            from meshproxy.http.h2_conn_manager import become_h2
+            become_h2(self)
+        else:
+            self.codec = _codec_class(config.codec_backend)(self, conn.out.write, config.limits)
         self.stream = None
         self.draining = ctx.draining        # listener drain: the next response closes
         self.drain_state = 0                # 1: drain sequence (idle / max duration) started
@@ -101,7 +106,14 @@ class HttpConnectionManager:
             self.unread = True
             return None
         if not self.saw_data:
-            # Envoy makes the codec, and counts the protocol, on the first bytes.
+            # Envoy makes the codec, and counts the protocol, on the first bytes; with
+            # codec_type AUTO the HTTP/2 connection preface (RFC 9113 §3.4) picks HTTP/2
+            # (Http::Utility::determineNextProtocol / ConnectionManagerUtility::autoCreateCodec).
+            if self.config.codec_type == "AUTO" and data[:3] == b"PRI" and \
+                    _H2_PREFACE.startswith(data[:len(_H2_PREFACE)]):
+                from meshproxy.http.h2_conn_manager import become_h2
+                become_h2(self)
+                return self.on_data(data, end_stream)
             self.saw_data = True
             self.stats.downstream_cx_http1_total += 1
             self.stats.downstream_cx_http1_active += 1
@@ -147,9 +159,14 @@ class HttpConnectionManager:
 
     def new_stream(self) -> ActiveStream:
         s = ActiveStream(self)
+        self.stats.downstream_rq_http1_total += 1
         self.stream = s
         self.idle_deadline = None
         return s
+
+    def reset_stream(self, stream) -> None:
+        """Abort ``stream``; for HTTP/1 that means closing the connection."""
+        self.close(abort=True)
 
     def read_disable(self, disable: bool) -> None:
         self.conn.read_disable(disable)
@@ -284,12 +301,10 @@ class HttpConnectionManager:
                 self.close()
                 return
             self._start_drain_sequence(now)
-        s = self.stream
-        if s is not None:
-            nxt.append(s.check_timeouts(now))
-            if self.closed:
-                return
-        elif self.idle_deadline is not None and now >= self.idle_deadline:
+        active = self.check_stream_timeouts(now, nxt)
+        if self.closed:
+            return
+        if not active and self.idle_deadline is not None and now >= self.idle_deadline:
             self.idle_deadline = None
             self.stats.downstream_cx_idle_timeout += 1
             if not self.saw_data:
@@ -301,16 +316,25 @@ class HttpConnectionManager:
         if d is not None and now >= d:
             self.drain_deadline = None
             self.drain_state = 2
-            if self.stream is None:
+            if not active:
                 self.close(delay=True)
                 return
-        if self.stream is None:
+        if not active:
             nxt.append(self.idle_deadline)
         nxt.append(self.duration_deadline)
         nxt.append(self.drain_deadline)
         nxt = [x for x in nxt if x is not None]
         if nxt:
             self.timer.schedule(min(nxt))
+
+    def check_stream_timeouts(self, now: float, nxt: list) -> bool:
+        """Run the active stream's timeouts (adding its next deadline to ``nxt``); False when
+        no stream is active."""
+        s = self.stream
+        if s is None:
+            return False
+        nxt.append(s.check_timeouts(now))
+        return True
 
     def __repr__(self):
         return f"<HttpConnectionManager {self.config.stat_prefix} stream={self.stream!r}>"

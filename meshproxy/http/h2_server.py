@@ -1,0 +1,361 @@
+"""Downstream HTTP/2 server codec (Envoy's ``source/common/http/http2/codec_impl.cc``
+``ServerConnectionImpl``) on the sans-IO ``h2`` library, behind the same seam as the HTTP/1
+codec (``codec.py``): ``dispatch(bytes)`` turns frames into ``new_stream()`` /
+``decode_headers`` / ``decode_data`` / ``decode_trailers``; the connection manager answers with
+``encode_headers`` / ``encode_data`` / ``encode_trailers``. Many streams share the connection.
+
+Settings are Envoy's (``http2_protocol_options``, see ``h2_options``): they go out with the
+server preface on the first read, as Envoy writes them. Inbound flow control: received DATA is
+acknowledged once handed on (h2 sends WINDOW_UPDATE when half a window is used). Outbound flow
+control (RFC 9113 §5.2): a response body beyond the peer's window waits per stream; past the
+connection's buffer limit the stream's upstream stops being read (``read_disable`` through the
+router) until WINDOW_UPDATE makes room, so memory stays bounded.
+
+Output is collected while a read is dispatched and written once at its end.
+"""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+import h2.stream
+from hyperframe.frame import GoAwayFrame, SettingsFrame, WindowUpdateFrame
+
+from meshproxy.http.codec import CodecError
+from meshproxy.http.h2_request import Malformed, TooLarge, request_from_headers, \
+    trailers_from_headers
+
+_S = h2.settings.SettingCodes
+NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
+PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
+INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
+REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
+# Response headers an HTTP/1 upstream may send that HTTP/2 forbids (RFC 9113 §8.2.2).
+_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                  b"upgrade"))
+_STATUS = {s: b"%d" % s for s in range(100, 600)}
+_CONFIG = h2.config.H2Configuration(
+    client_side=False, header_encoding=None, validate_inbound_headers=False,
+    normalize_inbound_headers=False, validate_outbound_headers=False,
+    normalize_outbound_headers=False)
+
+
+class _Stream(h2.stream.H2Stream):
+    """h2's stream without its content-length check, which fails the whole connection;
+    nghttp2 resets just the stream (RST_STREAM PROTOCOL_ERROR, RFC 9113 §8.1.1), and so does
+    ``H2ServerCodec._on_data``."""
+
+    def _initialize_content_length(self, headers) -> None:
+        pass
+
+
+class _Connection(h2.connection.H2Connection):
+    def _begin_new_stream(self, stream_id, allowed_ids):
+        s = super()._begin_new_stream(stream_id, allowed_ids)
+        s.__class__ = _Stream
+        return s
+
+
+class H2ServerCodec:
+    protocol = "HTTP/2"
+
+    def __init__(self, callbacks, write, limits, options, buffer_limit: int):
+        self.callbacks = callbacks
+        self.write = write
+        self.limits = limits
+        self.options = options
+        self.buffer_limit = buffer_limit
+        self.max_header_bytes = limits.max_request_headers_kb * 1024
+        c = self.conn = _Connection(_CONFIG)
+        c.local_settings = h2.settings.Settings(client=False, initial_values={
+            _S.HEADER_TABLE_SIZE: options.hpack_table_size,
+            _S.ENABLE_CONNECT_PROTOCOL: 0,
+            _S.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams,
+            _S.INITIAL_WINDOW_SIZE: options.initial_stream_window_size,
+        })
+        # Envoy advertises no SETTINGS_MAX_HEADER_LIST_SIZE and enforces its own limit per
+        # header (h2_request.TooLarge); h2's HPACK decoder keeps a hard cap far above it.
+        c.decoder.max_header_list_size = max(self.max_header_bytes * 4, 1 << 20)
+        c.decoder.max_allowed_table_size = options.hpack_table_size
+        c.initiate_connection()
+        c.data_to_send()
+        self.preface = True             # our SETTINGS go out with the first read's answer
+        self.streams: dict = {}         # stream id -> ActiveStream (until both ends are done)
+        self.blocked: dict = {}         # stream id -> stream whose body waits for window
+        self.dispatching = False
+        self.dead = False               # a connection error: nothing more is written
+        self.goaway_sent = False
+        self.last_stream_id = 0
+        self.handlers = {
+            h2.events.RequestReceived: self._on_request,
+            h2.events.DataReceived: self._on_data,
+            h2.events.TrailersReceived: self._on_trailers,
+            h2.events.StreamReset: self._on_reset,
+            h2.events.WindowUpdated: self._on_window,
+            h2.events.RemoteSettingsChanged: self._on_window,
+        }
+
+    # ------------------------------------------------------------------ input
+
+    def dispatch(self, data: bytes) -> None:
+        if self.dead:
+            return
+        self.dispatching = True
+        try:
+            try:
+                events = self.conn.receive_data(data)
+            except h2.exceptions.ProtocolError as exc:
+                self._connection_error(exc)
+            if self.preface:
+                self._write_preface()
+            handlers = self.handlers
+            for ev in events:
+                h = handlers.get(ev.__class__)
+                if h is not None:
+                    h(ev)
+                if self.dead:
+                    return
+        finally:
+            self.dispatching = False
+        self.flush()
+
+    def _write_preface(self) -> None:
+        """The server preface as Envoy (nghttp2) writes it: SETTINGS in Envoy's order, the
+        ACK of the client's, then the connection window (RFC 9113 §3.4, §6.9.2)."""
+        self.preface = False
+        o = self.options
+        f = SettingsFrame(0)
+        f.settings = {_S.HEADER_TABLE_SIZE: o.hpack_table_size, _S.ENABLE_CONNECT_PROTOCOL: 0,
+                      _S.MAX_CONCURRENT_STREAMS: o.max_concurrent_streams,
+                      _S.INITIAL_WINDOW_SIZE: o.initial_stream_window_size}
+        ack = self.conn.data_to_send()
+        self.conn.increment_flow_control_window(o.initial_connection_window_size - 65535)
+        self.write(f.serialize() + ack + self.conn.data_to_send())
+
+    def _connection_error(self, exc) -> None:
+        """h2 found a framing error: it queued GOAWAY; write it and let the HCM close."""
+        self.dispatching = False
+        self.flush()
+        self.dead = True
+        raise CodecError(0, "http2.codec_error", body=False) from exc
+
+    def _messaging_error(self) -> None:
+        # Envoy's onInvalidFrame: the connection is closed; nghttp2 writes nothing more
+        # (not even the frames of this read).
+        self.conn.data_to_send()
+        self.dead = True
+        raise CodecError(0, "http2.rx_messaging_error", body=False)
+
+    def _on_request(self, ev) -> None:
+        sid = ev.stream_id
+        if self.goaway_sent:
+            # After GOAWAY new streams are refused (RFC 9113 §6.8).
+            self.conn.reset_stream(sid, REFUSED_STREAM)
+            return
+        self.last_stream_id = sid
+        cb = self.callbacks
+        s = cb.new_stream()
+        s.sid = sid
+        self.streams[sid] = s
+        try:
+            req = request_from_headers(ev.headers, self.limits.max_headers_count,
+                                       self.max_header_bytes)
+        except Malformed:
+            self._messaging_error()
+        except TooLarge:
+            cb.h2_stats.header_list_size_too_large += 1
+            self.reset_stream(s, INTERNAL_ERROR)
+            cb.stream_reset_by_codec(s)
+            return
+        end = ev.stream_ended is not None
+        s.request_headers_end_stream = end
+        s.rx_left = req.content_length
+        if end and req.content_length > 0:
+            return self._bad_length(s)
+        s.decode_headers(req, end)
+
+    def _on_data(self, ev) -> None:
+        sid = ev.stream_id
+        n = ev.flow_controlled_length
+        s = self.streams.get(sid)
+        if s is not None and not s.done:
+            end = ev.stream_ended is not None
+            left = s.rx_left
+            if left >= 0:
+                left = s.rx_left = left - len(ev.data)
+                if left < 0 or (end and left):
+                    self._bad_length(s)
+                    end = None
+            if end is not None:
+                s.decode_data(ev.data, end)
+        if n:
+            self.conn.acknowledge_received_data(n, sid)
+
+    def _bad_length(self, s) -> None:
+        """DATA disagreeing with content-length (RFC 9113 §8.1.1): nghttp2 resets the
+        stream with PROTOCOL_ERROR."""
+        self.reset_stream(s, PROTOCOL_ERROR)
+        self.callbacks.stream_reset_by_codec(s)
+
+    def _on_trailers(self, ev) -> None:
+        s = self.streams.get(ev.stream_id)
+        if s is None or s.done:
+            return
+        try:
+            trailers = trailers_from_headers(ev.headers)
+        except Malformed:
+            self._messaging_error()
+        s.decode_trailers(trailers)
+
+    def _on_reset(self, ev) -> None:
+        """RST_STREAM from the client: the exchange ends, its upstream request is reset."""
+        s = self.streams.pop(ev.stream_id, None)
+        self.blocked.pop(ev.stream_id, None)
+        self.callbacks.h2_stats.rx_reset += 1
+        if s is not None and not s.done:
+            self.callbacks.stream_reset_by_peer(s)
+
+    def _on_window(self, ev) -> None:
+        if self.blocked:
+            for sid, s in list(self.blocked.items()):
+                self._drain(s)
+
+    # ------------------------------------------------------------------ output
+
+    def flush(self) -> None:
+        if not self.dispatching and not self.dead:
+            data = self.conn.data_to_send()
+            if data:
+                self.write(data)
+
+    def encode_100_continue(self, stream=None) -> None:
+        pass
+
+    def encode_headers(self, stream, resp, end_stream: bool) -> None:
+        hs = [(b":status", _STATUS.get(resp.status) or b"%d" % resp.status)]
+        hs += [p for p in resp.headers if p[0] not in _HOP]
+        try:
+            self.conn.send_headers(stream.sid, hs, end_stream=end_stream)
+        except h2.exceptions.StreamClosedError:
+            return
+        self.flush()
+
+    def encode_data(self, stream, data: bytes, end_stream: bool) -> None:
+        if stream.out is not None:
+            stream.out.append(data)
+            stream.out_bytes += len(data)
+            stream.out_end = end_stream
+            self._check_watermark(stream)
+            return
+        self._send(stream, data, end_stream)
+        self.flush()
+
+    def encode_trailers(self, stream, trailers) -> None:
+        trailers = [p for p in trailers if p[0] not in _HOP]
+        if stream.out is not None:
+            stream.out_trailers = trailers
+            stream.out_end = True
+            return
+        try:
+            if trailers:
+                self.conn.send_headers(stream.sid, trailers, end_stream=True)
+            else:
+                self.conn.end_stream(stream.sid)
+        except h2.exceptions.StreamClosedError:
+            return
+        self.flush()
+
+    def _send(self, stream, data: bytes, end_stream: bool) -> None:
+        """Send what the peer's windows allow; queue the rest on the stream."""
+        conn = self.conn
+        sid = stream.sid
+        try:
+            while True:
+                n = len(data)
+                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if n <= room:
+                    conn.send_data(sid, data, end_stream=end_stream)
+                    return
+                if room > 0:
+                    conn.send_data(sid, data[:room])
+                    data = data[room:]
+                    continue
+                stream.out = [data]
+                stream.out_bytes = len(data)
+                stream.out_end = end_stream
+                self.blocked[sid] = stream
+                self._check_watermark(stream)
+                return
+        except h2.exceptions.StreamClosedError:
+            stream.out = None
+
+    def _drain(self, stream) -> None:
+        out = stream.out
+        stream.out = None
+        self.blocked.pop(stream.sid, None)
+        data = b"".join(out)
+        end = stream.out_end
+        trailers = stream.out_trailers
+        self._send(stream, data, end and trailers is None)
+        if stream.out is None:
+            stream.out_bytes = 0
+            if trailers is not None:
+                stream.out_trailers = None
+                self.encode_trailers(stream, trailers)
+            if stream.write_paused:
+                stream.write_paused = False
+                r = stream.router
+                if r is not None and hasattr(r, "on_downstream_write_paused"):
+                    r.on_downstream_write_paused(False)
+        elif trailers is not None:
+            stream.out_trailers = trailers
+        self.flush()
+
+    def _check_watermark(self, stream) -> None:
+        if not stream.write_paused and stream.out_bytes > self.buffer_limit:
+            # Envoy's per-stream high watermark: stop reading the upstream response.
+            stream.write_paused = True
+            r = stream.router
+            if r is not None and hasattr(r, "on_downstream_write_paused"):
+                r.on_downstream_write_paused(True)
+
+    def reset_stream(self, stream, code=NO_ERROR) -> None:
+        self.blocked.pop(stream.sid, None)
+        stream.out = None
+        try:
+            self.conn.reset_stream(stream.sid, code)
+        except h2.exceptions.StreamClosedError:
+            return
+        self.callbacks.h2_stats.tx_reset += 1
+        self.flush()
+
+    def stream_complete(self, stream) -> None:
+        """The connection manager is done with ``stream``: a response that ended before the
+        request did resets it (Envoy's doEndStream: RST_STREAM NO_ERROR, RFC 9113 §8.1)."""
+        if not stream.request_complete:
+            self.reset_stream(stream, NO_ERROR)
+        self.streams.pop(stream.sid, None)
+
+    def active_streams(self) -> int:
+        return len(self.streams)
+
+    def goaway(self, code=NO_ERROR) -> None:
+        """GOAWAY naming the last stream taken (RFC 9113 §6.8)."""
+        if self.dead or self.goaway_sent:
+            return
+        self.goaway_sent = True
+        # Written beside h2 rather than through close_connection(), which would close h2's
+        # state machine while the streams up to last_stream_id still finish.
+        f = GoAwayFrame(0)
+        f.last_stream_id = self.last_stream_id
+        f.error_code = code
+        self.flush()
+        self.write(f.serialize())
+        self.callbacks.h2_stats.goaway_sent += 1
+
+    def __repr__(self):
+        return f"<H2ServerCodec streams={len(self.streams)} blocked={len(self.blocked)}>"
