@@ -189,7 +189,7 @@ class H2ConnectionManager(HttpConnectionManager):
             return
         if self.codec.streams:
             return
-        if self.drain_state == 2 or (self.drain_state and self.codec.goaway_sent):
+        if self.drain_state == 2:
             self.close(delay=self.sync_depth > 0)
             return
         if self.config.idle_timeout:
@@ -216,16 +216,21 @@ class H2ConnectionManager(HttpConnectionManager):
                 self.close()
 
     def _start_drain_sequence(self, now: float) -> None:
-        """Drain for HTTP/2 (ConnectionManagerImpl::startDrainSequence): GOAWAY, then close
-        once the streams it lets finish are done, or at ``drain_timeout``."""
+        """Drain for HTTP/2 (ConnectionManagerImpl::startDrainSequence): a shutdown-notice
+        GOAWAY now; at ``drain_timeout`` the final GOAWAY, and the connection closes once the
+        streams it lets finish are done."""
         if self.drain_state:
             return
         self.drain_state = 1
-        self.codec.goaway()
+        self.codec.shutdown_notice()
         self.drain_deadline = now + (self.config.drain_timeout or 0.0)
         self.timer.schedule(self.drain_deadline)
-        if not self.codec.streams and not self.sync_depth:
-            self.close()
+
+    def close(self, abort: bool = False, delay: bool = False) -> None:
+        if not abort and not self.closed and self.saw_data:
+            # An HTTP/2 connection says goodbye before it closes (RFC 9113 §6.8).
+            self.codec.goaway()
+        super().close(abort, delay)
 
     def check_stream_timeouts(self, now: float, nxt: list) -> bool:
         streams = self.codec.streams

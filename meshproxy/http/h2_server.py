@@ -175,7 +175,9 @@ class H2ServerCodec:
         s.request_headers_end_stream = end
         s.rx_left = req.content_length
         if end and req.content_length > 0:
-            return self._bad_length(s)
+            # HEADERS ending a stream that promised a body: nghttp2 checks this while the
+            # header block is read, so it is a malformed message (a connection error).
+            self._messaging_error()
         s.decode_headers(req, end)
 
     def _on_data(self, ev) -> None:
@@ -343,19 +345,28 @@ class H2ServerCodec:
     def active_streams(self) -> int:
         return len(self.streams)
 
+    def shutdown_notice(self) -> None:
+        """The drain's first GOAWAY: last stream 2^31-1, so nothing in flight is refused
+        (RFC 9113 §6.8 "graceful shutdown"; Envoy's ``shutdownNotice``)."""
+        if not self.dead and not self.goaway_sent:
+            self._write_goaway(0x7FFFFFFF, NO_ERROR)
+
     def goaway(self, code=NO_ERROR) -> None:
-        """GOAWAY naming the last stream taken (RFC 9113 §6.8)."""
+        """The final GOAWAY, naming the last stream taken; later streams are refused."""
         if self.dead or self.goaway_sent:
             return
         self.goaway_sent = True
+        self._write_goaway(self.last_stream_id, code)
+        self.callbacks.h2_stats.goaway_sent += 1
+
+    def _write_goaway(self, last_stream_id: int, code) -> None:
         # Written beside h2 rather than through close_connection(), which would close h2's
         # state machine while the streams up to last_stream_id still finish.
         f = GoAwayFrame(0)
-        f.last_stream_id = self.last_stream_id
+        f.last_stream_id = last_stream_id
         f.error_code = code
         self.flush()
         self.write(f.serialize())
-        self.callbacks.h2_stats.goaway_sent += 1
 
     def __repr__(self):
         return f"<H2ServerCodec streams={len(self.streams)} blocked={len(self.blocked)}>"

@@ -238,7 +238,12 @@ def _goaway_on_drain(p):
         c.send()
         c.collect(lambda c: c.done(second) and c.goaway is not None)
         assert c.status(second) == 200
-        assert c.goaway == (second, 0)            # NO_ERROR, last stream the one answered
+        # the shutdown notice (Envoy's, with --drain-strategy immediate): nothing refused
+        assert c.goaway == (2 ** 31 - 1, 0)
+        third = c.request(request_headers("/after-notice"))
+        c.send()
+        c.collect(lambda c: c.done(third))
+        assert c.status(third) == 200
 
 
 def test_rapid_reset_closes_connection(start_meshproxy_default):
