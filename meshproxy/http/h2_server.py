@@ -25,7 +25,10 @@ import h2.settings
 import h2.stream
 from hyperframe.frame import GoAwayFrame, SettingsFrame, WindowUpdateFrame
 
+import hpack.hpack
+
 from meshproxy.http.codec import CodecError
+from meshproxy.http.h2_hpack import StatelessEncoder
 from meshproxy.http.h2_request import Malformed, TooLarge, request_from_headers, \
     trailers_from_headers
 
@@ -38,6 +41,18 @@ REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
 _HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                   b"upgrade"))
 _STATUS = {s: b"%d" % s for s in range(100, 600)}
+
+
+class _Quiet:
+    """hpack logs every field at DEBUG through ``logging`` (two calls each, ~20 a request);
+    DESIGN.md: no debug logging on the HTTP/2 path."""
+
+    @staticmethod
+    def debug(*args, **kwargs) -> None:
+        pass
+
+
+hpack.hpack.log = _Quiet()
 _CONFIG = h2.config.H2Configuration(
     client_side=False, header_encoding=None, validate_inbound_headers=False,
     normalize_inbound_headers=False, validate_outbound_headers=False,
@@ -81,6 +96,7 @@ class H2ServerCodec:
         # header (h2_request.TooLarge); h2's HPACK decoder keeps a hard cap far above it.
         c.decoder.max_header_list_size = max(self.max_header_bytes * 4, 1 << 20)
         c.decoder.max_allowed_table_size = options.hpack_table_size
+        c.encoder = StatelessEncoder()
         c.initiate_connection()
         c.data_to_send()
         self.preface = True             # our SETTINGS go out with the first read's answer

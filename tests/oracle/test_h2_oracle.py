@@ -60,8 +60,9 @@ def _exchange(p, listener: str, requests, wait_eof: bool = False) -> dict:
 
 
 def _upstream_view(up, before: int):
-    return [(r.method, r.target, [(n, v) for n, v in r.headers if n not in _MASK_UP], r.body,
-             r.trailers) for r in up.requests[before:]]
+    # sorted: concurrent streams reach the upstream on parallel connections in either order
+    return sorted((r.method, r.target, [(n, v) for n, v in r.headers if n not in _MASK_UP],
+                   r.body, r.trailers) for r in up.requests[before:])
 
 
 CASES = {
