@@ -6,12 +6,8 @@ codec (``codec.py``): ``dispatch(bytes)`` turns frames into ``new_stream()`` /
 
 Settings are Envoy's (``http2_protocol_options``, see ``h2_options``): they go out with the
 server preface on the first read, as Envoy writes them. Inbound flow control: received DATA is
-acknowledged once handed on (h2 sends WINDOW_UPDATE when half a window is used). Outbound flow
-control (RFC 9113 §5.2): a response body beyond the peer's window waits per stream; past the
-connection's buffer limit the stream's upstream stops being read (``read_disable`` through the
-router) until WINDOW_UPDATE makes room, so memory stays bounded.
-
-Output is collected while a read is dispatched and written once at its end.
+acknowledged once handed on (h2 sends WINDOW_UPDATE when half a window is used). The response
+side (frames, outbound flow control, backpressure) is ``h2_output.H2Output``.
 """
 
 from __future__ import annotations
@@ -29,6 +25,7 @@ import hpack.hpack
 
 from meshproxy.http.codec import CodecError
 from meshproxy.http.h2_hpack import StatelessEncoder
+from meshproxy.http.h2_output import H2Output
 from meshproxy.http.h2_request import Malformed, TooLarge, request_from_headers, \
     trailers_from_headers
 
@@ -37,10 +34,6 @@ NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
 REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
-# Response headers an HTTP/1 upstream may send that HTTP/2 forbids (RFC 9113 §8.2.2).
-_HOP = frozenset((b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                  b"upgrade"))
-_STATUS = {s: b"%d" % s for s in range(100, 600)}
 
 
 class _Quiet:
@@ -75,7 +68,7 @@ class _Connection(h2.connection.H2Connection):
         return s
 
 
-class H2ServerCodec:
+class H2ServerCodec(H2Output):
     protocol = "HTTP/2"
 
     def __init__(self, callbacks, write, limits, options, buffer_limit: int):
@@ -244,109 +237,12 @@ class H2ServerCodec:
 
     # ------------------------------------------------------------------ output
 
-    def flush(self) -> None:
-        if not self.dispatching and not self.dead:
-            data = self.conn.data_to_send()
-            if data:
-                self.write(data)
-
-    def encode_100_continue(self, stream=None) -> None:
-        pass
-
-    def encode_headers(self, stream, resp, end_stream: bool) -> None:
-        hs = [(b":status", _STATUS.get(resp.status) or b"%d" % resp.status)]
-        hs += [p for p in resp.headers if p[0] not in _HOP]
-        try:
-            self.conn.send_headers(stream.sid, hs, end_stream=end_stream)
-        except h2.exceptions.StreamClosedError:
-            return
-        self.flush()
-
-    def encode_data(self, stream, data: bytes, end_stream: bool) -> None:
-        if stream.out is not None:
-            stream.out.append(data)
-            stream.out_bytes += len(data)
-            stream.out_end = end_stream
-            self._check_watermark(stream)
-            return
-        self._send(stream, data, end_stream)
-        self.flush()
-
-    def encode_trailers(self, stream, trailers) -> None:
-        trailers = [p for p in trailers if p[0] not in _HOP]
-        if stream.out is not None:
-            stream.out_trailers = trailers
-            stream.out_end = True
-            return
-        try:
-            if trailers:
-                self.conn.send_headers(stream.sid, trailers, end_stream=True)
-            else:
-                self.conn.end_stream(stream.sid)
-        except h2.exceptions.StreamClosedError:
-            return
-        self.flush()
-
-    def _send(self, stream, data: bytes, end_stream: bool) -> None:
-        """Send what the peer's windows allow; queue the rest on the stream."""
-        conn = self.conn
-        sid = stream.sid
-        try:
-            while True:
-                n = len(data)
-                room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
-                if n <= room:
-                    conn.send_data(sid, data, end_stream=end_stream)
-                    return
-                if room > 0:
-                    conn.send_data(sid, data[:room])
-                    data = data[room:]
-                    continue
-                stream.out = [data]
-                stream.out_bytes = len(data)
-                stream.out_end = end_stream
-                self.blocked[sid] = stream
-                self._check_watermark(stream)
-                return
-        except h2.exceptions.StreamClosedError:
-            stream.out = None
-
-    def _drain(self, stream) -> None:
-        out = stream.out
-        stream.out = None
-        self.blocked.pop(stream.sid, None)
-        data = b"".join(out)
-        end = stream.out_end
-        trailers = stream.out_trailers
-        self._send(stream, data, end and trailers is None)
-        if stream.out is None:
-            stream.out_bytes = 0
-            if trailers is not None:
-                stream.out_trailers = None
-                self.encode_trailers(stream, trailers)
-            if stream.write_paused:
-                stream.write_paused = False
-                r = stream.router
-                if r is not None and hasattr(r, "on_downstream_write_paused"):
-                    r.on_downstream_write_paused(False)
-        elif trailers is not None:
-            stream.out_trailers = trailers
-        self.flush()
-
-    def _check_watermark(self, stream) -> None:
-        if not stream.write_paused and stream.out_bytes > self.buffer_limit:
-            # Envoy's per-stream high watermark: stop reading the upstream response.
-            stream.write_paused = True
-            r = stream.router
-            if r is not None and hasattr(r, "on_downstream_write_paused"):
-                r.on_downstream_write_paused(True)
-
     def reset_stream(self, stream, code=NO_ERROR) -> None:
         self.blocked.pop(stream.sid, None)
         stream.out = None
         try:
             self.conn.reset_stream(stream.sid, code)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:    # already closed both ways
             return
         self.callbacks.h2_stats.tx_reset += 1
         self.flush()
