@@ -50,7 +50,7 @@ class HttpConnectionManager:
                  "draining", "closed", "cluster_manager", "listener_buffer_limit",
                  "requests_served", "ctx", "drain_state", "drain_deadline", "duration_deadline",
                  "delayed_close_deadline", "unread", "sync_depth", "queued_responses",
-                 "saw_data", "requests_started", "lstats", "h2_stats")
+                 "saw_data", "requests_started", "lstats", "h2_stats", "h2_ended", "h2_premature")
 
     def __init__(self, config, conn, ctx):
         self.config = config
@@ -105,18 +105,8 @@ class HttpConnectionManager:
             # Closing: Envoy reads nothing more; what the client sends stays unread.
             self.unread = True
             return None
-        if not self.saw_data:
-            # Envoy makes the codec, and counts the protocol, on the first bytes; with
-            # codec_type AUTO the HTTP/2 connection preface (RFC 9113 §3.4) picks HTTP/2
-            # (Http::Utility::determineNextProtocol / ConnectionManagerUtility::autoCreateCodec).
-            if self.config.codec_type == "AUTO" and data[:3] == b"PRI" and \
-                    _H2_PREFACE.startswith(data[:len(_H2_PREFACE)]):
-                from meshproxy.http.h2_conn_manager import become_h2
-                become_h2(self)
-                return self.on_data(data, end_stream)
-            self.saw_data = True
-            self.stats.downstream_cx_http1_total += 1
-            self.stats.downstream_cx_http1_active += 1
+        if not self.saw_data and self.first_data(data):
+            return self.on_data(data, end_stream)     # the connection became HTTP/2
         self.queued_responses = 0
         self.sync_depth += 1
         try:
@@ -127,28 +117,51 @@ class HttpConnectionManager:
             self.sync_depth -= 1
         return None
 
+    def first_data(self, data: bytes) -> bool:
+        """Envoy makes the codec, and counts the protocol, on the first bytes; with codec_type
+        AUTO the HTTP/2 connection preface (RFC 9113 §3.4) picks HTTP/2
+        (ConnectionManagerUtility::autoCreateCodec). True when the connection became HTTP/2."""
+        if self.config.codec_type == "AUTO" and data[:3] == b"PRI" and \
+                _H2_PREFACE.startswith(data[:len(_H2_PREFACE)]):
+            from meshproxy.http.h2_conn_manager import become_h2
+            become_h2(self)
+            return True
+        self.saw_data = True
+        self.stats.downstream_cx_http1_total += 1
+        self.stats.downstream_cx_http1_active += 1
+        return False
+
     def on_close(self, reason: str) -> None:
         self.closed = True
         self.timer.cancel()
         stats = self.stats
         stats.downstream_cx_active -= 1
         if self.saw_data:
-            stats.downstream_cx_http1_active -= 1
+            self.protocol_closed()
         stats.downstream_cx_destroy += 1
         remote = reason == "remote"
         if remote:
             stats.downstream_cx_destroy_remote += 1
         else:
             stats.downstream_cx_destroy_local += 1
-        s = self.stream
-        if s is not None and not s.done:
+        for s in self.take_streams():
+            if s.done:
+                continue
             stats.downstream_cx_destroy_active_rq += 1
             if remote:
                 stats.downstream_cx_destroy_remote_active_rq += 1
             else:
                 stats.downstream_cx_destroy_local_active_rq += 1
             s.on_connection_closed()
+
+    def protocol_closed(self) -> None:
+        self.stats.downstream_cx_http1_active -= 1
+
+    def take_streams(self) -> tuple:
+        """The streams still on the connection, which it forgets (at close)."""
+        s = self.stream
         self.stream = None
+        return () if s is None else (s,)
 
     def on_write_paused(self, paused: bool) -> None:
         s = self.stream

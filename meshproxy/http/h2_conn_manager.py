@@ -67,9 +67,8 @@ def become_h2(hcm: HttpConnectionManager) -> None:
     cfg = hcm.config
     hcm.codec = H2ServerCodec(hcm, hcm.conn.out.write, cfg.limits, cfg.http2,
                               hcm.listener_buffer_limit)
-    # Premature-reset bookkeeping rides in the HCM's HTTP/1-only slots (unused here).
-    hcm.queued_responses = 0        # streams ended
-    hcm.requests_started = 0        # of which reset early by the client
+    hcm.h2_ended = 0                # streams ended (premature-reset check)
+    hcm.h2_premature = 0            # of which reset by the client within a second
 
 
 class H2ConnectionManager(HttpConnectionManager):
@@ -77,51 +76,20 @@ class H2ConnectionManager(HttpConnectionManager):
 
     # ------------------------------------------------------------ network filter
 
-    def on_data(self, data: bytes, end_stream: bool):
-        if end_stream:
-            return False
-        self.stats.downstream_cx_rx_bytes_total += len(data)
-        if self.delayed_close_deadline is not None or self.closed:
-            self.unread = True
-            return None
-        if not self.saw_data:
-            self.saw_data = True
-            self.stats.downstream_cx_http2_total += 1
-            self.stats.downstream_cx_http2_active += 1
-        self.sync_depth += 1
-        try:
-            self.codec.dispatch(data)
-        except CodecError as exc:
-            self.codec_error(exc)
-        finally:
-            self.sync_depth -= 1
-        return None
+    def first_data(self, data: bytes) -> bool:
+        self.saw_data = True
+        self.stats.downstream_cx_http2_total += 1
+        self.stats.downstream_cx_http2_active += 1
+        return False
 
-    def on_close(self, reason: str) -> None:
-        self.closed = True
-        self.timer.cancel()
-        stats = self.stats
-        stats.downstream_cx_active -= 1
-        if self.saw_data:
-            stats.downstream_cx_http2_active -= 1
-        stats.downstream_cx_destroy += 1
-        remote = reason == "remote"
-        if remote:
-            stats.downstream_cx_destroy_remote += 1
-        else:
-            stats.downstream_cx_destroy_local += 1
+    def protocol_closed(self) -> None:
+        self.stats.downstream_cx_http2_active -= 1
+
+    def take_streams(self) -> list:
         streams = list(self.codec.streams.values())
         self.codec.streams.clear()
         self.codec.blocked.clear()
-        for s in streams:
-            if s.done:
-                continue
-            stats.downstream_cx_destroy_active_rq += 1
-            if remote:
-                stats.downstream_cx_destroy_remote_active_rq += 1
-            else:
-                stats.downstream_cx_destroy_local_active_rq += 1
-            s.on_connection_closed()
+        return streams
 
     def on_write_paused(self, paused: bool) -> None:
         for s in list(self.codec.streams.values()):
@@ -139,9 +107,9 @@ class H2ConnectionManager(HttpConnectionManager):
 
     def stream_reset_by_peer(self, stream) -> None:
         """RST_STREAM from the client: count it, reset the upstream request."""
-        self.queued_responses += 1
+        self.h2_ended += 1
         if self.loop.time() - stream.start_mono < PREMATURE_RESET_LIFETIME:
-            self.requests_started += 1
+            self.h2_premature += 1
         stream.on_connection_closed()
         self._after_stream()
 
@@ -168,7 +136,7 @@ class H2ConnectionManager(HttpConnectionManager):
 
     def stream_done(self, stream) -> None:
         self.requests_served += 1
-        self.queued_responses += 1
+        self.h2_ended += 1
         r = stream.router
         if r is not None and r.paused_downstream:
             r.release_flow_control()
@@ -181,8 +149,8 @@ class H2ConnectionManager(HttpConnectionManager):
     def _after_stream(self) -> None:
         if self.closed:
             return
-        if self.queued_responses >= PREMATURE_RESET_COUNT and \
-                self.requests_started * 2 >= self.queued_responses:
+        if self.h2_ended >= PREMATURE_RESET_COUNT and \
+                self.h2_premature * 2 >= self.h2_ended:
             # Envoy closes the connection without GOAWAY (downstream_rq_rx_reset dominates).
             self.h2_stats.remote_premature_reset += 1
             self.close(abort=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_h2_downstream import h2_bootstrap, handler
+from tests.integration.test_h2_downstream import drain_exchange, h2_bootstrap, handler
 from tests.support.h2client import H2Client, request_headers
 from tests.support.proxies import ProxyProcess, find_envoy
 from tests.support.upstream import Reply, Upstream
@@ -189,20 +189,9 @@ def test_drain_goaway_matches_envoy():
     preceded by the shutdown-notice GOAWAY (last stream 2^31-1, NO_ERROR)."""
     if find_envoy() is None:
         pytest.skip("Envoy oracle not installed")
-    from tests.integration.test_h2_downstream import handler as h
     seen = {}
     for kind in KINDS:
-        with Upstream(h) as up, ProxyProcess(kind, h2_bootstrap(up.port),
-                                             ["--drain-strategy", "immediate"]) as p:
-            with H2Client(p.port("auto")) as c:
-                first = c.request(request_headers("/before"))
-                c.send()
-                c.collect(lambda c: c.done(first))
-                assert p.get_admin("/drain_listeners?graceful", "POST")[0] == 200
-                second = c.request(request_headers("/during"))
-                c.send()
-                c.collect(lambda c: c.done(second) and c.goaway is not None)
-                kinds = [type(f).__name__ for f in c.frames if type(f).__name__ in
-                         ("GoAwayFrame", "HeadersFrame")]
-                seen[kind] = (c.status(first), c.status(second), c.goaway, kinds)
+        with Upstream(handler) as up, ProxyProcess(kind, h2_bootstrap(up.port),
+                                                   ["--drain-strategy", "immediate"]) as p:
+            seen[kind] = drain_exchange(p)
     assert seen["meshproxy"] == seen["envoy"]
