@@ -82,7 +82,9 @@ class H2ServerCodec(H2Output):
         c.local_settings = h2.settings.Settings(client=False, initial_values={
             _S.HEADER_TABLE_SIZE: options.hpack_table_size,
             _S.ENABLE_CONNECT_PROTOCOL: 0,
-            _S.MAX_CONCURRENT_STREAMS: options.max_concurrent_streams,
+            # h2 would fail the connection past the limit; nghttp2 refuses just the stream,
+            # which _on_request does (the advertised value is in _write_preface).
+            _S.MAX_CONCURRENT_STREAMS: 2 ** 31 - 1,
             _S.INITIAL_WINDOW_SIZE: options.initial_stream_window_size,
         })
         # Envoy advertises no SETTINGS_MAX_HEADER_LIST_SIZE and enforces its own limit per
@@ -165,8 +167,14 @@ class H2ServerCodec(H2Output):
             # After GOAWAY new streams are refused (RFC 9113 §6.8).
             self.conn.reset_stream(sid, REFUSED_STREAM)
             return
-        self.last_stream_id = sid
         cb = self.callbacks
+        if len(self.streams) >= self.options.max_concurrent_streams:
+            # RFC 9113 §5.1.2: a stream past SETTINGS_MAX_CONCURRENT_STREAMS is refused.
+            self.conn.reset_stream(sid, REFUSED_STREAM)
+            cb.h2_stats.stream_refused_errors += 1
+            cb.h2_stats.tx_reset += 1
+            return
+        self.last_stream_id = sid
         s = cb.new_stream()
         s.sid = sid
         self.streams[sid] = s

@@ -22,6 +22,8 @@ BIG = 1 << 20
 def handler(req):
     if req.target.startswith("/big"):
         return Reply(200, body=[b"x" * 16384] * (BIG // 16384))
+    if req.target.startswith("/slow"):
+        return Reply(200, body=b"slow", delay=0.3)
     if req.target.startswith("/echo"):
         return Reply(200, [("x-body-len", str(len(req.body)))], req.body)
     return Reply(200, [("content-type", "text/plain"), ("x-upstream", "1")],
@@ -36,7 +38,9 @@ def h2_bootstrap(up_port: int) -> dict:
         [listener("auto", hcm(routes)),
          listener("h2", hcm(routes, stat_prefix="h2only", codec_type="HTTP2")),
          listener("small", hcm(routes, stat_prefix="small", codec_type="HTTP2"),
-                  per_connection_buffer_limit_bytes=32768)],
+                  per_connection_buffer_limit_bytes=32768),
+         listener("mcs", hcm(routes, stat_prefix="mcs", codec_type="HTTP2",
+                             http2_protocol_options={"max_concurrent_streams": 2}))],
         [cluster("up", [("127.0.0.1", up_port)])])
 
 
@@ -110,6 +114,23 @@ def test_many_streams_one_connection(env):
         c.collect(lambda c: c.done(*sids), timeout=10)
         assert [c.status(s) for s in sids] == [200] * 60
         assert all(c.bodies[s] == f"GET /many/{i}".encode() for i, s in enumerate(sids))
+
+
+def refused_stream_exchange(p) -> tuple:
+    """Three streams at once on a listener allowing two: (statuses, RST_STREAM codes by
+    stream position, GOAWAY)."""
+    with H2Client(p.port("mcs")) as c:
+        sids = [c.request(request_headers(f"/slow/{i}")) for i in range(3)]
+        c.send()
+        c.collect(lambda c: c.done(*sids), timeout=5)
+        return ([c.status(s) for s in sids], {sids.index(s): e for s, e in c.resets.items()},
+                c.goaway)
+
+
+def test_streams_past_max_concurrent_are_refused(env):
+    p, _ = env
+    assert refused_stream_exchange(p) == ([200, 200, None], {2: 7}, None)  # REFUSED_STREAM
+    assert p.stat("http2.stream_refused_errors") == 1
 
 
 @pytest.mark.parametrize("headers", [

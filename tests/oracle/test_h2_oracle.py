@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_h2_downstream import drain_exchange, h2_bootstrap, handler
+from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
+                                                  refused_stream_exchange)
 from tests.support.h2client import H2Client, request_headers
 from tests.support.proxies import ProxyProcess, find_envoy
 from tests.support.upstream import Reply, Upstream
@@ -165,6 +166,14 @@ def test_stats_match_envoy(proxies):
         _exchange(p, "small", [(MALFORMED["upper"], None, None)], wait_eof=True)
         st = p.stats("http.small.")
         seen[kind] = {n: st.get("http.small." + n, 0) for n in _STATS}
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+def test_refused_stream_matches_envoy(proxies):
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        seen[kind] = (refused_stream_exchange(p), p.stat("http2.stream_refused_errors"),
+                      p.stat("http.mcs.downstream_rq_http2_total"))
     assert seen["meshproxy"] == seen["envoy"]
 
 
