@@ -166,7 +166,12 @@ class H2ConnectionManager(HttpConnectionManager):
 
     def codec_error(self, exc: CodecError) -> None:
         """A connection error: Envoy closes after flushing what was written, with the
-        delayed-close wait; the streams are reset when the connection goes."""
+        delayed-close wait; the streams are reset when the connection goes. A flood closes
+        at once, unflushed (Envoy's ``isBufferFloodError`` path)."""
+        if exc.details.endswith("_flood"):
+            self.h2_stats.inbound_priority_frames_flood += 1
+            self.close(abort=True)
+            return
         self.stats.downstream_cx_protocol_error += 1
         if exc.details == "http2.rx_messaging_error":
             self.h2_stats.rx_messaging_error += 1

@@ -108,7 +108,10 @@ class H2ServerCodec(H2Output):
             h2.events.StreamReset: self._on_reset,
             h2.events.WindowUpdated: self._on_window,
             h2.events.RemoteSettingsChanged: self._on_window,
+            h2.events.PriorityUpdated: self._on_priority,
         }
+        self.opened = 0                 # streams the client opened (priority flood limit)
+        self.priority_frames = 0
 
     # ------------------------------------------------------------------ input
 
@@ -175,6 +178,9 @@ class H2ServerCodec(H2Output):
             cb.h2_stats.tx_reset += 1
             return
         self.last_stream_id = sid
+        self.opened += 1
+        if ev.priority_updated is not None:
+            self.priority_frames -= 1   # HEADERS' own priority is not a PRIORITY frame
         s = cb.new_stream()
         s.sid = sid
         self.streams[sid] = s
@@ -237,6 +243,17 @@ class H2ServerCodec(H2Output):
         self.callbacks.h2_stats.rx_reset += 1
         if s is not None and not s.done:
             self.callbacks.stream_reset_by_peer(s)
+
+    def _on_priority(self, ev) -> None:
+        """Envoy's PRIORITY flood check (``ConnectionImpl::trackInboundFrames``): more than
+        ``max_inbound_priority_frames_per_stream`` x (1 + streams opened) ends the connection,
+        with nothing more written."""
+        self.priority_frames += 1
+        if self.priority_frames > \
+                self.options.max_inbound_priority_frames_per_stream * (1 + self.opened):
+            self.conn.data_to_send()
+            self.dead = True
+            raise CodecError(0, "http2.inbound_priority_frames_flood", body=False)
 
     def _on_window(self, ev) -> None:
         if self.blocked:

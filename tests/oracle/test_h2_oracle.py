@@ -7,6 +7,7 @@ connection closed, what the HTTP/1.1 upstream received, and the HCM and ``http2.
 from __future__ import annotations
 
 import pytest
+from hyperframe.frame import PriorityFrame
 
 from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
                                                   refused_stream_exchange)
@@ -166,6 +167,27 @@ def test_stats_match_envoy(proxies):
         _exchange(p, "small", [(MALFORMED["upper"], None, None)], wait_eof=True)
         st = p.stats("http.small.")
         seen[kind] = {n: st.get("http.small." + n, 0) for n in _STATS}
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+@pytest.mark.parametrize("count", [150, 250])
+def test_priority_flood_matches_envoy(proxies, count):
+    """PRIORITY frames past max_inbound_priority_frames_per_stream (100) x (1 + streams
+    opened) end the connection (http2.inbound_priority_frames_flood)."""
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = p.stat("http2.inbound_priority_frames_flood")
+        with H2Client(p.port("h2")) as c:
+            sid = c.request(request_headers("/prio"))
+            frames = []
+            for i in range(count):
+                f = PriorityFrame(3 + 2 * (i % 50))
+                f.depends_on, f.stream_weight = 0, 15
+                frames.append(f.serialize())
+            c.send(b"".join(frames))
+            c.collect(lambda c: c.done(sid) or c.eof, timeout=3)
+            seen[kind] = (c.status(sid), c.resets, c.goaway, c.eof,
+                          p.stat("http2.inbound_priority_frames_flood") - before)
     assert seen["meshproxy"] == seen["envoy"]
 
 
