@@ -169,7 +169,8 @@ class H2ConnectionManager(HttpConnectionManager):
         delayed-close wait; the streams are reset when the connection goes. A flood closes
         at once, unflushed (Envoy's ``isBufferFloodError`` path)."""
         if exc.details.endswith("_flood"):
-            self.h2_stats.inbound_priority_frames_flood += 1
+            stat = exc.details[6:]          # http2.<stat>
+            setattr(self.h2_stats, stat, getattr(self.h2_stats, stat) + 1)
             self.close(abort=True)
             return
         self.stats.downstream_cx_protocol_error += 1

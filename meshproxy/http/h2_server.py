@@ -112,6 +112,7 @@ class H2ServerCodec(H2Output):
         }
         self.opened = 0                 # streams the client opened (priority flood limit)
         self.priority_frames = 0
+        self.empty_frames = 0           # consecutive DATA frames with nothing in them
 
     # ------------------------------------------------------------------ input
 
@@ -206,6 +207,13 @@ class H2ServerCodec(H2Output):
     def _on_data(self, ev) -> None:
         sid = ev.stream_id
         n = ev.flow_controlled_length
+        if not n and ev.stream_ended is None:
+            # Envoy's empty-frame flood check (max_consecutive_inbound_frames_with_empty_payload)
+            self.empty_frames += 1
+            if self.empty_frames > self.options.max_consecutive_inbound_frames_with_empty_payload:
+                self._flood("inbound_empty_frames_flood")
+        else:
+            self.empty_frames = 0
         s = self.streams.get(sid)
         if s is not None and not s.done:
             end = ev.stream_ended is not None
@@ -251,9 +259,12 @@ class H2ServerCodec(H2Output):
         self.priority_frames += 1
         if self.priority_frames > \
                 self.options.max_inbound_priority_frames_per_stream * (1 + self.opened):
-            self.conn.data_to_send()
-            self.dead = True
-            raise CodecError(0, "http2.inbound_priority_frames_flood", body=False)
+            self._flood("inbound_priority_frames_flood")
+
+    def _flood(self, stat: str) -> None:
+        self.conn.data_to_send()
+        self.dead = True
+        raise CodecError(0, "http2." + stat, body=False)
 
     def _on_window(self, ev) -> None:
         if self.blocked:

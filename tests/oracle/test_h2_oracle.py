@@ -7,7 +7,7 @@ connection closed, what the HTTP/1.1 upstream received, and the HCM and ``http2.
 from __future__ import annotations
 
 import pytest
-from hyperframe.frame import PriorityFrame
+from hyperframe.frame import DataFrame, PriorityFrame
 
 from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
                                                   refused_stream_exchange)
@@ -188,6 +188,25 @@ def test_priority_flood_matches_envoy(proxies, count):
             c.collect(lambda c: c.done(sid) or c.eof, timeout=3)
             seen[kind] = (c.status(sid), c.resets, c.goaway, c.eof,
                           p.stat("http2.inbound_priority_frames_flood") - before)
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+@pytest.mark.parametrize("empty", [1, 2])
+def test_empty_data_frame_flood_matches_envoy(proxies, empty):
+    """More than max_consecutive_inbound_frames_with_empty_payload (1) empty DATA frames in a
+    row end the connection (http2.inbound_empty_frames_flood)."""
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = p.stat("http2.inbound_empty_frames_flood")
+        with H2Client(p.port("h2")) as c:
+            sid = c.request(request_headers("/echo/empty", "POST"), end=False)
+            c.conn.send_data(sid, b"x")
+            last = DataFrame(sid, b"y")
+            last.flags.add("END_STREAM")
+            c.send(b"".join(DataFrame(sid).serialize() for _ in range(empty)) + last.serialize())
+            c.collect(lambda c: c.done(sid) or c.eof, timeout=3)
+            seen[kind] = (c.status(sid), c.bodies.get(sid), c.resets, c.goaway, c.eof,
+                          p.stat("http2.inbound_empty_frames_flood") - before)
     assert seen["meshproxy"] == seen["envoy"]
 
 
