@@ -24,6 +24,8 @@ def handler(req):
         return Reply(200, body=[b"x" * 16384] * (BIG // 16384))
     if req.target.startswith("/slow"):
         return Reply(200, body=b"slow", delay=0.3)
+    if req.target.startswith("/hang"):
+        return Reply(200, body=b"late", delay=3.0)
     if req.target.startswith("/echo"):
         return Reply(200, [("x-body-len", str(len(req.body)))], req.body)
     return Reply(200, [("content-type", "text/plain"), ("x-upstream", "1")],
@@ -31,7 +33,8 @@ def handler(req):
 
 
 def h2_bootstrap(up_port: int) -> dict:
-    routes = [{"match": {"prefix": "/direct"}, "direct_response": {
+    routes = [{"match": {"prefix": "/hang"}, "route": {"cluster": "up", "timeout": "0.05s"}},
+              {"match": {"prefix": "/direct"}, "direct_response": {
                   "status": 200, "body": {"inline_string": "direct"}}},
               {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]
     return bootstrap(
@@ -125,6 +128,22 @@ def refused_stream_exchange(p) -> tuple:
         c.collect(lambda c: c.done(*sids), timeout=5)
         return ([c.status(s) for s in sids], {sids.index(s): e for s, e in c.resets.items()},
                 c.goaway)
+
+
+def timeout_exchange(p) -> tuple:
+    """A stream whose route times out (the upstream answers seconds later) beside one that
+    completes: (statuses, local reply body, RST_STREAMs, GOAWAY)."""
+    with H2Client(p.port("h2")) as c:
+        hang = c.request(request_headers("/hang"))
+        ok = c.request(request_headers("/fine"))
+        c.send()
+        c.collect(lambda c: c.done(hang, ok), timeout=5)
+        return [c.status(hang), c.status(ok)], c.bodies.get(hang), c.resets, c.goaway
+
+
+def test_route_timeout_ends_only_its_stream(env):
+    p, _ = env
+    assert timeout_exchange(p) == ([504, 200], b"upstream request timeout", {}, None)
 
 
 def test_streams_past_max_concurrent_are_refused(env):

@@ -10,7 +10,7 @@ import pytest
 from hyperframe.frame import DataFrame, PriorityFrame
 
 from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
-                                                  refused_stream_exchange)
+                                                  refused_stream_exchange, timeout_exchange)
 from tests.support.h2client import H2Client, request_headers
 from tests.support.proxies import ProxyProcess, find_envoy
 from tests.support.upstream import Reply, Upstream
@@ -207,6 +207,11 @@ def test_empty_data_frame_flood_matches_envoy(proxies, empty):
             c.collect(lambda c: c.done(sid) or c.eof, timeout=3)
             seen[kind] = (c.status(sid), c.bodies.get(sid), c.resets, c.goaway, c.eof,
                           p.stat("http2.inbound_empty_frames_flood") - before)
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+def test_route_timeout_matches_envoy(proxies):
+    seen = {kind: timeout_exchange(p) for kind, (p, _) in proxies.items()}
     assert seen["meshproxy"] == seen["envoy"]
 
 
