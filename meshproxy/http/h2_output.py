@@ -25,6 +25,7 @@ from h2.stream import StreamInputs
 _SEND_HEADERS = StreamInputs.SEND_HEADERS
 _SEND_DATA = StreamInputs.SEND_DATA
 _SEND_END = StreamInputs.SEND_END_STREAM
+_SEND_INFO = StreamInputs.SEND_INFORMATIONAL_HEADERS
 _HEAD = struct.Struct(">HBBBL")       # 24-bit length as 16 + 8 bits, type, flags, stream id
 _END_STREAM, _END_HEADERS = 0x1, 0x4
 # Response headers an HTTP/1 upstream may send that HTTP/2 forbids (RFC 9113 §8.2.2).
@@ -40,7 +41,7 @@ def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
 
 class H2Output:
     """Mixin for ``H2ServerCodec`` (which owns ``conn``, ``write``, ``blocked``, ``dead``,
-    ``dispatching`` and ``buffer_limit``)."""
+    ``dispatching``, ``decoding`` and ``buffer_limit``)."""
 
     def flush(self) -> None:
         if not self.dispatching and not self.dead:
@@ -84,8 +85,13 @@ class H2Output:
             parts.append(_frame(9, 0 if block else _END_HEADERS, sid, chunk))
         self._emit(b"".join(parts))
 
-    def encode_100_continue(self, stream=None) -> None:
-        pass
+    def encode_100_continue(self) -> None:
+        """``100 Continue`` for the stream whose headers are being decoded (the connection
+        manager answers ``expect: 100-continue`` itself, RFC 9110 §10.1.1)."""
+        stream = self.decoding
+        if stream is not None and self._h2_stream(stream, _SEND_INFO) is not None:
+            self._emit(_frame(1, _END_HEADERS, stream.sid,
+                              self.conn.encoder.encode([(b":status", b"100")])))
 
     def encode_headers(self, stream, resp, end_stream: bool) -> None:
         hs = [(b":status", _STATUS.get(resp.status) or b"%d" % resp.status)]

@@ -16,11 +16,13 @@ callback failure: RST_STREAM INTERNAL_ERROR), raised as :class:`TooLarge`.
 
 ``:authority`` becomes ``authority`` (the HTTP/1 upstream writes it as ``host``), a ``host``
 header stands in for a missing ``:authority`` (RFC 9113 §8.3.1) and is otherwise dropped, and
-``cookie`` crumbs are joined with "; " (RFC 9113 §8.2.3), as Envoy does.
+``cookie`` crumbs are joined with "; " (RFC 9113 §8.2.3), as Envoy does; ``expect:
+100-continue`` is taken out for the connection manager to answer, as from HTTP/1.
 """
 
 from __future__ import annotations
 
+from meshproxy.http.h1_request import _HOST_OK
 from meshproxy.http.headers import RequestHeaders
 
 
@@ -50,6 +52,7 @@ def request_from_headers(headers, max_count: int, max_bytes: int) -> RequestHead
     host = None
     regular = False
     content_length = -1
+    expect = False
     for name, value in headers:
         size += len(name) + len(value)
         if name[:1] == b":":
@@ -73,6 +76,9 @@ def request_from_headers(headers, max_count: int, max_bytes: int) -> RequestHead
         elif name == b"cookie":
             cookies = [value] if cookies is None else cookies + [value]
             continue
+        elif name == b"expect" and value.lower() == b"100-continue":
+            expect = True       # the connection manager answers it (RFC 9110 §10.1.1)
+            continue
         elif name == b"content-length":
             if content_length >= 0 or not value.isdigit():
                 raise Malformed(name)
@@ -88,10 +94,13 @@ def request_from_headers(headers, max_count: int, max_bytes: int) -> RequestHead
         raise Malformed(b"pseudo-headers")
     if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         raise Malformed(b":path")
+    if not authority or authority.translate(None, _HOST_OK):
+        raise Malformed(b":authority")      # nghttp2_check_authority (RFC 3986 §3.2)
     if cookies is not None:
         out.append((b"cookie", b"; ".join(cookies)))
     req = RequestHeaders(method, path, authority, out, scheme, b"2")
     req.content_length = content_length
+    req.expect_continue = expect
     return req
 
 

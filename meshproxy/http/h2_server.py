@@ -113,6 +113,7 @@ class H2ServerCodec(H2Output):
         self.opened = 0                 # streams the client opened (priority flood limit)
         self.priority_frames = 0
         self.empty_frames = 0           # consecutive DATA frames with nothing in them
+        self.decoding = None            # the stream whose headers are being decoded
 
     # ------------------------------------------------------------------ input
 
@@ -198,11 +199,13 @@ class H2ServerCodec(H2Output):
         end = ev.stream_ended is not None
         s.request_headers_end_stream = end
         s.rx_left = req.content_length
+        self.decoding = s
         if end and req.content_length > 0:
             # HEADERS ending a stream that promised a body: nghttp2 checks this while the
             # header block is read, so it is a malformed message (a connection error).
             self._messaging_error()
         s.decode_headers(req, end)
+        self.decoding = None
 
     def _on_data(self, ev) -> None:
         sid = ev.stream_id

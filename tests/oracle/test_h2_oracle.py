@@ -96,6 +96,10 @@ CASES = {
                                None)],
     "headers_over_size_limit": [(request_headers(extra=[("x-big", "a" * (61440 - 43))]), None,
                                  None)],
+    "expect_continue": [(request_headers("/echo", "POST", extra=[("expect", "100-continue"),
+                                                                  ("content-length", "2")]),
+                         b"hi", None)],
+    "expect_other": [(request_headers("/e", extra=[("expect", "something")]), None, None)],
     "cl_mismatch": [(request_headers("/echo", "POST", extra=[("content-length", "5")]), b"ab",
                      None)],
     "cl_short_end": [(request_headers("/echo", "POST", extra=[("content-length", "5")]), None,
@@ -117,6 +121,8 @@ MALFORMED = {
     "transfer_encoding": request_headers(extra=[(b"transfer-encoding", b"chunked")]),
     "te_gzip": request_headers(extra=[(b"te", b"gzip")]),
     "empty_path": request_headers(path=""),
+    "authority_space": request_headers(authority="a b"),
+    "authority_slash": request_headers(authority="a/b"),
     "relative_path": request_headers(path="x"),
 }
 

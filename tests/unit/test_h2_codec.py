@@ -60,10 +60,18 @@ def test_host_stands_in_for_missing_authority():
     H + [(b"connection", b"close")], H + [(b"upgrade", b"h2c")], H + [(b"te", b"gzip")],
     H + [(b"transfer-encoding", b"chunked")], H + [(b"content-length", b"x")],
     H[:2] + [(b":path", b"")] + H[3:], H[:2] + [(b":path", b"rel")] + H[3:],
+    H[:3] + [(b":authority", b"a b")], H[:3] + [(b"host", b"a/b")],
 ])
 def test_malformed(headers):
     with pytest.raises(Malformed):
         request_from_headers(headers, 100, 61440)
+
+
+def test_expect_100_continue_is_taken_out():
+    req = request_from_headers(H + [(b"expect", b"100-Continue")], 100, 61440)
+    assert req.expect_continue and req.headers == []
+    req = request_from_headers(H + [(b"expect", b"other")], 100, 61440)
+    assert not req.expect_continue and req.headers == [(b"expect", b"other")]
 
 
 def test_options_star_path_is_allowed():
