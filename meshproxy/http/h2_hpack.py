@@ -1,4 +1,5 @@
-"""A stateless HPACK encoder for the HTTP/2 server codec, in place of ``hpack.Encoder``.
+"""HPACK for the HTTP/2 server codec: a stateless encoder in place of ``hpack.Encoder``, and a
+decoder that remembers blocks that cannot change its table (``CachingDecoder``).
 
 It never adds to the dynamic table (RFC 7541 §6.1 indexed fields for whole static-table
 matches, §6.2.2 "literal without indexing" otherwise, with the static name index when there is
@@ -15,7 +16,7 @@ header block is a dict lookup and a join per field.
 from __future__ import annotations
 
 from hpack import huffman_constants
-from hpack.hpack import encode_integer
+from hpack.hpack import Decoder, encode_integer
 from hpack.huffman import HuffmanEncoder
 from hpack.table import HeaderTable
 
@@ -83,3 +84,45 @@ class StatelessEncoder:
                 cache[key] = b
             out.append(b)
         return b"".join(out)
+
+
+def all_indexed(block: bytes) -> bool:
+    """True if every field of ``block`` is an indexed field (RFC 7541 §6.1: first bit set),
+    i.e. decoding it reads the tables without changing them."""
+    i, n = 0, len(block)
+    while i < n:
+        c = block[i]
+        if not c & 0x80:
+            return False
+        i += 1
+        if c & 0x7F == 0x7F:            # the index continues in more octets (§5.1)
+            while i < n and block[i] & 0x80:
+                i += 1
+            i += 1
+    return True
+
+
+class CachingDecoder(Decoder):
+    """``hpack.Decoder`` that remembers blocks made only of indexed fields. Such a block
+    leaves the dynamic table as it was, so while no other block changes the table it decodes
+    to the same list; any other block may change it and empties the memory. A client's
+    requests on one connection repeat most of their block (the second onwards indexes what the
+    first added), so most blocks are decoded once."""
+
+    def __init__(self, max_header_list_size: int):
+        super().__init__(max_header_list_size)
+        self._seen: dict = {}
+
+    def decode(self, data, raw: bool = False):
+        key = bytes(data)
+        r = self._seen.get(key)
+        if r is not None:
+            return r
+        r = super().decode(key, raw)
+        if all_indexed(key):
+            if len(self._seen) >= 64:
+                self._seen.clear()
+            self._seen[key] = r
+        else:
+            self._seen.clear()
+        return r

@@ -24,7 +24,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame, WindowUpdateFrame
 import hpack.hpack
 
 from meshproxy.http.codec import CodecError
-from meshproxy.http.h2_hpack import StatelessEncoder
+from meshproxy.http.h2_hpack import CachingDecoder, StatelessEncoder
 from meshproxy.http.h2_output import H2Output
 from meshproxy.http.h2_request import Malformed, TooLarge, request_from_headers, \
     trailers_from_headers
@@ -89,7 +89,7 @@ class H2ServerCodec(H2Output):
         })
         # Envoy advertises no SETTINGS_MAX_HEADER_LIST_SIZE and enforces its own limit per
         # header (h2_request.TooLarge); h2's HPACK decoder keeps a hard cap far above it.
-        c.decoder.max_header_list_size = max(self.max_header_bytes * 4, 1 << 20)
+        c.decoder = CachingDecoder(max(self.max_header_bytes * 4, 1 << 20))
         c.decoder.max_allowed_table_size = options.hpack_table_size
         c.encoder = StatelessEncoder()
         c.initiate_connection()

@@ -115,3 +115,29 @@ def test_http2_protocol_options_defaults_and_ranges():
     m.initial_stream_window_size.value = 1000
     with pytest.raises(ConfigError, match="p.initial_stream_window_size"):
         build_h2_options(m, "p")
+
+
+def test_caching_decoder_agrees_with_hpack_as_the_table_changes():
+    from meshproxy.http.h2_hpack import CachingDecoder, all_indexed
+
+    client = hpack.Encoder()
+    plain, caching = hpack.Decoder(), CachingDecoder(1 << 20)
+    a = [(b":method", b"GET"), (b":path", b"/a"), (b"x-one", b"1")]
+    b = [(b":method", b"GET"), (b":path", b"/a"), (b"x-two", b"2")]
+    blocks = [client.encode(a), client.encode(a), client.encode(a), client.encode(b),
+              client.encode(a)]
+    assert not all_indexed(blocks[0]) and all_indexed(blocks[1])
+    for blk in blocks:
+        assert caching.decode(blk, raw=True) == plain.decode(blk, raw=True)
+    # the same all-indexed bytes mean another header once the table has shifted
+    same = bytes([0x80 | 62])
+    plain2, caching2 = hpack.Decoder(), CachingDecoder(1 << 20)
+    enc = hpack.Encoder()
+    first = enc.encode([(b"x-a", b"1")])
+    second = enc.encode([(b"x-b", b"2")])
+    for d in (plain2, caching2):
+        d.decode(first, raw=True)
+    assert caching2.decode(same, raw=True) == [(b"x-a", b"1")]
+    for d in (plain2, caching2):
+        d.decode(second, raw=True)
+    assert caching2.decode(same, raw=True) == plain2.decode(same, raw=True) == [(b"x-b", b"2")]
