@@ -159,9 +159,16 @@ class H2ServerCodec(H2Output):
         self.dead = True
         raise CodecError(0, "http2.codec_error", body=False) from exc
 
-    def _messaging_error(self) -> None:
-        # Envoy's onInvalidFrame: the connection is closed; nghttp2 writes nothing more
-        # (not even the frames of this read).
+    def _messaging_error(self, stream) -> None:
+        """A malformed request (Envoy's onInvalidFrame). With
+        ``stream_error_on_invalid_http_messaging`` only the stream is reset (PROTOCOL_ERROR);
+        otherwise the connection is closed and nghttp2 writes nothing more (not even the
+        frames of this read)."""
+        if self.options.stream_error_on_invalid_http_messaging:
+            self.callbacks.h2_stats.rx_messaging_error += 1
+            self.reset_stream(stream, PROTOCOL_ERROR)
+            self.callbacks.stream_reset_by_codec(stream)
+            return
         self.conn.data_to_send()
         self.dead = True
         raise CodecError(0, "http2.rx_messaging_error", body=False)
@@ -190,7 +197,7 @@ class H2ServerCodec(H2Output):
             req = request_from_headers(ev.headers, self.limits.max_headers_count,
                                        self.max_header_bytes)
         except Malformed:
-            self._messaging_error()
+            return self._messaging_error(s)
         except TooLarge:
             cb.h2_stats.header_list_size_too_large += 1
             self.reset_stream(s, INTERNAL_ERROR)
@@ -203,7 +210,7 @@ class H2ServerCodec(H2Output):
         if end and req.content_length > 0:
             # HEADERS ending a stream that promised a body: nghttp2 checks this while the
             # header block is read, so it is a malformed message (a connection error).
-            self._messaging_error()
+            return self._messaging_error(s)
         s.decode_headers(req, end)
         self.decoding = None
 
@@ -244,7 +251,7 @@ class H2ServerCodec(H2Output):
         try:
             trailers = trailers_from_headers(ev.headers)
         except Malformed:
-            self._messaging_error()
+            return self._messaging_error(s)
         s.decode_trailers(trailers)
 
     def _on_reset(self, ev) -> None:

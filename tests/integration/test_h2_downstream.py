@@ -43,7 +43,10 @@ def h2_bootstrap(up_port: int) -> dict:
          listener("small", hcm(routes, stat_prefix="small", codec_type="HTTP2"),
                   per_connection_buffer_limit_bytes=32768),
          listener("mcs", hcm(routes, stat_prefix="mcs", codec_type="HTTP2",
-                             http2_protocol_options={"max_concurrent_streams": 2}))],
+                             http2_protocol_options={"max_concurrent_streams": 2})),
+         listener("lenient", hcm(routes, stat_prefix="lenient", codec_type="HTTP2",
+                                 http2_protocol_options={
+                                     "stream_error_on_invalid_http_messaging": True}))],
         [cluster("up", [("127.0.0.1", up_port)])])
 
 

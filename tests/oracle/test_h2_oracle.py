@@ -160,6 +160,20 @@ def test_malformed_matches_envoy(proxies, case):
     assert seen["meshproxy"] == seen["envoy"]
 
 
+@pytest.mark.parametrize("case", ["no_method", "upper", "connection", "relative_path",
+                                  "authority_space"])
+def test_stream_error_on_invalid_messaging_matches_envoy(proxies, case):
+    """``stream_error_on_invalid_http_messaging``: only the malformed stream is reset
+    (PROTOCOL_ERROR); the next stream on the connection is served."""
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = p.stat("http2.rx_messaging_error")
+        got = _exchange(p, "lenient", [(MALFORMED[case], None, None),
+                                       (request_headers("/next"), None, None)])
+        seen[kind] = (got, p.stat("http2.rx_messaging_error") - before)
+    assert seen["meshproxy"] == seen["envoy"]
+
+
 _STATS = ("downstream_cx_http2_total", "downstream_rq_http2_total", "downstream_rq_2xx",
           "downstream_rq_rx_reset", "downstream_rq_completed", "downstream_cx_protocol_error")
 
