@@ -83,6 +83,23 @@ def test_curl_prior_knowledge(env, name):
     assert got.header("content-length") == "5"
 
 
+def test_large_bodies_both_ways(env):
+    """A 3 MiB request body (chunked to the HTTP/1 upstream) and the 1 MiB response, through
+    curl's flow control and ours."""
+    p, up = env
+    body = bytes(range(256)) * (3 * 4096)
+    r = subprocess.run(["curl", "-s", "--max-time", "20", "--http2-prior-knowledge",
+                        "--data-binary", "@-", "-D", "/dev/stderr",
+                        f"http://127.0.0.1:{p.port('h2')}/echo/large"],
+                       input=body, capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == body, r.stderr[-300:]
+    got = [x for x in up.requests if x.target == "/echo/large"][-1]
+    assert got.body == body
+    r = subprocess.run(["curl", "-s", "--max-time", "20", "--http2-prior-knowledge",
+                        f"http://127.0.0.1:{p.port('h2')}/big"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and r.stdout == b"x" * BIG
+
+
 def test_auto_still_serves_http1(env):
     p, _ = env
     r = _curl("-D", "-", f"http://127.0.0.1:{p.port('auto')}/one")
