@@ -34,6 +34,11 @@ class TooLarge(Exception):
     """The header list passes Envoy's count or size limit (the stream is reset)."""
 
 
+class UnderscoreRejected(Exception):
+    """``headers_with_underscores_action: REJECT_REQUEST`` and a name with "_" (the stream is
+    reset, as for TooLarge: Envoy's ``ConnectionImpl::saveHeader``)."""
+
+
 _CONNECTION_SPECIFIC = frozenset((b"connection", b"keep-alive", b"proxy-connection",
                                   b"transfer-encoding", b"upgrade"))
 # nghttp2_check_header_name: lower-case tchar (RFC 9110 §5.6.2).
@@ -42,7 +47,10 @@ _VALUE_BAD = b"\r\n\x00"
 _PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
 
 
-def request_from_headers(headers, max_count: int, max_bytes: int) -> RequestHeaders:
+def request_from_headers(headers, max_count: int, max_bytes: int, underscores: str = "ALLOW",
+                         stats=None) -> RequestHeaders:
+    """``underscores``: the HCM's ``headers_with_underscores_action``; ``stats`` (``http2.*``)
+    counts headers it drops."""
     if len(headers) > max_count:
         raise TooLarge()
     pseudo = {}
@@ -75,6 +83,12 @@ def request_from_headers(headers, max_count: int, max_bytes: int) -> RequestHead
             continue
         elif name == b"cookie":
             cookies = [value] if cookies is None else cookies + [value]
+            continue
+        elif underscores != "ALLOW" and b"_" in name:
+            if underscores == "REJECT_REQUEST":
+                raise UnderscoreRejected(name)
+            if stats is not None:
+                stats.dropped_headers_with_underscores += 1
             continue
         elif name == b"expect" and value.lower() == b"100-continue":
             expect = True       # the connection manager answers it (RFC 9110 §10.1.1)

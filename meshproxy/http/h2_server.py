@@ -26,8 +26,8 @@ import hpack.hpack
 from meshproxy.http.codec import CodecError
 from meshproxy.http.h2_hpack import CachingDecoder, StatelessEncoder
 from meshproxy.http.h2_output import H2Output
-from meshproxy.http.h2_request import Malformed, TooLarge, request_from_headers, \
-    trailers_from_headers
+from meshproxy.http.h2_request import Malformed, TooLarge, UnderscoreRejected, \
+    request_from_headers, trailers_from_headers
 
 _S = h2.settings.SettingCodes
 NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
@@ -195,11 +195,15 @@ class H2ServerCodec(H2Output):
         self.streams[sid] = s
         try:
             req = request_from_headers(ev.headers, self.limits.max_headers_count,
-                                       self.max_header_bytes)
+                                       self.max_header_bytes,
+                                       self.limits.headers_with_underscores, cb.h2_stats)
         except Malformed:
             return self._messaging_error(s)
-        except TooLarge:
-            cb.h2_stats.header_list_size_too_large += 1
+        except (TooLarge, UnderscoreRejected) as exc:
+            if isinstance(exc, TooLarge):
+                cb.h2_stats.header_list_size_too_large += 1
+            else:
+                cb.h2_stats.requests_rejected_with_underscores_in_headers += 1
             self.reset_stream(s, INTERNAL_ERROR)
             cb.stream_reset_by_codec(s)
             return

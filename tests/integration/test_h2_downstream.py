@@ -46,7 +46,11 @@ def h2_bootstrap(up_port: int) -> dict:
                              http2_protocol_options={"max_concurrent_streams": 2})),
          listener("lenient", hcm(routes, stat_prefix="lenient", codec_type="HTTP2",
                                  http2_protocol_options={
-                                     "stream_error_on_invalid_http_messaging": True}))],
+                                     "stream_error_on_invalid_http_messaging": True})),
+         *[listener(f"us_{a.lower()}", hcm(routes, stat_prefix=f"us_{a.lower()}",
+                                           codec_type="HTTP2", common_http_protocol_options={
+                                               "headers_with_underscores_action": a}))
+           for a in ("REJECT_REQUEST", "DROP_HEADER")]],
         [cluster("up", [("127.0.0.1", up_port)])])
 
 

@@ -174,6 +174,24 @@ def test_stream_error_on_invalid_messaging_matches_envoy(proxies, case):
     assert seen["meshproxy"] == seen["envoy"]
 
 
+@pytest.mark.parametrize("action", ["reject_request", "drop_header"])
+def test_headers_with_underscores_matches_envoy(proxies, action):
+    """REJECT_REQUEST resets the stream (INTERNAL_ERROR); DROP_HEADER drops the header; each
+    counted in http2.*."""
+    names = ("http2.requests_rejected_with_underscores_in_headers",
+             "http2.dropped_headers_with_underscores")
+    seen = {}
+    for kind, (p, up) in proxies.items():
+        before = {n: p.stat(n) for n in names}
+        n_up = len(up.requests)
+        got = _exchange(p, f"us_{action}", [
+            (request_headers("/u", extra=[("x_a", "1"), ("x-b", "2")]), None, None),
+            (request_headers("/next"), None, None)])
+        up.wait_requests(n_up + sum(1 for k, v in got.items() if isinstance(k, int) and v[0]))
+        seen[kind] = (got, _upstream_view(up, n_up), {n: p.stat(n) - before[n] for n in names})
+    assert seen["meshproxy"] == seen["envoy"]
+
+
 _STATS = ("downstream_cx_http2_total", "downstream_rq_http2_total", "downstream_rq_2xx",
           "downstream_rq_rx_reset", "downstream_rq_completed", "downstream_cx_protocol_error")
 

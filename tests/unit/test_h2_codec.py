@@ -141,3 +141,16 @@ def test_caching_decoder_agrees_with_hpack_as_the_table_changes():
     for d in (plain2, caching2):
         d.decode(second, raw=True)
     assert caching2.decode(same, raw=True) == plain2.decode(same, raw=True) == [(b"x-b", b"2")]
+
+
+def test_headers_with_underscores():
+    from meshproxy.http.h2_options import H2Stats
+    from meshproxy.http.h2_request import UnderscoreRejected
+
+    hs = H + [(b"x_a", b"1"), (b"x-b", b"2")]
+    assert request_from_headers(hs, 100, 61440).headers == [(b"x_a", b"1"), (b"x-b", b"2")]
+    st = H2Stats()
+    assert request_from_headers(hs, 100, 61440, "DROP_HEADER", st).headers == [(b"x-b", b"2")]
+    assert st.dropped_headers_with_underscores == 1
+    with pytest.raises(UnderscoreRejected):
+        request_from_headers(hs, 100, 61440, "REJECT_REQUEST")
