@@ -8,6 +8,7 @@ What Envoy 1.40 does in the same cases is compared in tests/oracle/test_h2_oracl
 
 from __future__ import annotations
 
+import signal
 import subprocess
 
 import pytest
@@ -312,6 +313,22 @@ def test_goaway_on_drain(start_meshproxy_default):
         p = start_meshproxy_default(h2_bootstrap(up.port))
         assert drain_exchange(p) == (200, 200, (2 ** 31 - 1, 0),
                                      ["HeadersFrame", "GoAwayFrame", "HeadersFrame"], 200)
+
+
+def test_sigterm_finishes_streams_in_flight(start_meshproxy_default):
+    """Shutdown: the final GOAWAY names the stream in flight, which completes; then the
+    connection closes and the process exits 0 (meshproxy's lifecycle policy, as for HTTP/1)."""
+    with Upstream(handler) as up:
+        p = start_meshproxy_default(h2_bootstrap(up.port))
+        with H2Client(p.port("h2")) as c:
+            sid = c.request(request_headers("/slow/term"))
+            c.send()
+            up.wait_requests(1)
+            p.proc.send_signal(signal.SIGTERM)
+            c.collect(lambda c: c.eof, timeout=10)
+            assert (c.status(sid), c.bodies.get(sid), c.goaway, c.eof) == \
+                (200, b"slow", (sid, 0), True)
+        assert p.proc.wait(10) == 0
 
 
 def test_rapid_reset_closes_connection(start_meshproxy_default):
