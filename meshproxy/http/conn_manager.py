@@ -177,6 +177,11 @@ class HttpConnectionManager:
         self.idle_deadline = None
         return s
 
+    def max_requests_reached(self, stream) -> None:
+        """``max_requests_per_connection``: for HTTP/1 this request's response is the
+        connection's last (Connection: close)."""
+        stream.close_connection = True
+
     def reset_stream(self, stream) -> None:
         """Abort ``stream``; for HTTP/1 that means closing the connection."""
         self.close(abort=True)

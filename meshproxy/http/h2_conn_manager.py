@@ -9,10 +9,11 @@ reset with RST_STREAM instead of closing; draining sends GOAWAY (RFC 9113 §6.8)
 the streams finish; a protocol error closes the connection (Envoy: ``FlushWriteAndDelay``).
 
 Rapid-reset protection (CVE-2023-44487) follows Envoy's premature-reset check
-(``ConnectionManagerImpl::maybeDrainDueToPrematureResets``): once at least
-``premature_reset_total_stream_count`` (500) streams ended on this connection, if half or more
-were reset by the client within ``premature_reset_min_stream_lifetime_seconds`` (1 s) of
-starting, the connection is closed.
+(``ConnectionManagerImpl::maybeDrainDueToPrematureResets``): streams reset by the client within
+``premature_reset_min_stream_lifetime_seconds`` (1 s) of starting are premature; the connection
+is closed once they are half of the streams ended on it, counting at least
+``premature_reset_total_stream_count`` (500) streams, i.e. after 250 premature resets at the
+earliest.
 """
 
 from __future__ import annotations
@@ -105,6 +106,11 @@ class H2ConnectionManager(HttpConnectionManager):
         self.idle_deadline = None
         return s
 
+    def max_requests_reached(self, stream) -> None:
+        """``max_requests_per_connection`` reached as a request starts: the drain sequence
+        begins (ConnectionManagerImpl::newStream does so for HTTP/2 and later)."""
+        self.start_drain_sequence()
+
     def stream_reset_by_peer(self, stream) -> None:
         """RST_STREAM from the client: count it, reset the upstream request."""
         self.h2_ended += 1
@@ -141,18 +147,15 @@ class H2ConnectionManager(HttpConnectionManager):
         if r is not None and r.paused_downstream:
             r.release_flow_control()
         self.codec.stream_complete(stream)
-        mrpc = self.config.max_requests_per_connection
-        if mrpc and self.requests_served >= mrpc:
-            self.start_drain_sequence()
         self._after_stream()
 
     def _after_stream(self) -> None:
         if self.closed:
             return
-        if self.h2_ended >= PREMATURE_RESET_COUNT and \
-                self.h2_premature * 2 >= self.h2_ended:
-            # Envoy closes the connection without GOAWAY (downstream_rq_rx_reset dominates).
-            self.h2_stats.remote_premature_reset += 1
+        ended, premature = self.h2_ended, self.h2_premature
+        if premature and premature * 2 >= max(ended, PREMATURE_RESET_COUNT):
+            # Closed without GOAWAY (Envoy: Abort, "too_many_premature_resets").
+            self.stats.downstream_rq_too_many_premature_resets += 1
             self.close(abort=True)
             return
         if self.codec.streams:

@@ -16,17 +16,14 @@ from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import wrapped
 from meshproxy.stats import stat_block
 
+# Envoy's names; the ones meshproxy counts. (Envoy's gauges, streams_active and the outbound
+# frame counts, are not kept.)
 H2Stats = stat_block(
     "H2Stats",
-    counters=("dropped_headers_with_underscores", "goaway_sent", "header_overflow", "header_list_size_too_large",
-              "headers_cb_no_stream", "inbound_empty_frames_flood",
-              "inbound_priority_frames_flood", "inbound_window_update_frames_flood",
-              "outbound_control_flood", "outbound_flood", "requests_rejected_with_underscores_in_headers",
-              "rx_messaging_error", "rx_reset", "stream_refused_errors", "trailers", "tx_flush_timeout",
-              "tx_reset", "keepalive_timeout", "metadata_empty_frames",
-              "remote_premature_reset"),
-    gauges=("streams_active", "pending_send_bytes", "deferred_stream_count",
-            "outbound_frames_active", "outbound_control_frames_active"),
+    counters=("dropped_headers_with_underscores", "goaway_sent", "header_list_size_too_large",
+              "inbound_empty_frames_flood", "inbound_priority_frames_flood",
+              "requests_rejected_with_underscores_in_headers",
+              "rx_messaging_error", "rx_reset", "stream_refused_errors", "tx_reset"),
 )
 
 

@@ -129,11 +129,12 @@ class H2ServerCodec(H2Output):
             if self.preface:
                 self._write_preface()
             handlers = self.handlers
+            cb = self.callbacks
             for ev in events:
                 h = handlers.get(ev.__class__)
                 if h is not None:
                     h(ev)
-                if self.dead:
+                if self.dead or cb.closed:
                     return
         finally:
             self.dispatching = False

@@ -35,6 +35,7 @@ HcmStats = stat_block(
         "downstream_flow_control_resumed_reading_total", "downstream_rq_total",
         "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_http3_total",
         "downstream_rq_response_before_rq_complete", "downstream_rq_rx_reset",
+        "downstream_rq_too_many_premature_resets",
         "downstream_rq_tx_reset", "downstream_rq_non_relative_path", "downstream_rq_too_large",
         "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
         "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",

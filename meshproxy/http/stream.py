@@ -98,9 +98,8 @@ class ActiveStream:
             hcm = self.hcm
             hcm.requests_started += 1
             if hcm.requests_started >= mrpc:
-                # This request's response is the connection's last (Connection: close).
                 stats.downstream_cx_max_requests_reached += 1
-                self.close_connection = True
+                hcm.max_requests_reached(self)
         if end_stream:
             self.request_complete = True      # _on_request_complete, inline
             self.request_complete_time = now

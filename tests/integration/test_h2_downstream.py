@@ -51,7 +51,10 @@ def h2_bootstrap(up_port: int) -> dict:
          *[listener(f"us_{a.lower()}", hcm(routes, stat_prefix=f"us_{a.lower()}",
                                            codec_type="HTTP2", common_http_protocol_options={
                                                "headers_with_underscores_action": a}))
-           for a in ("REJECT_REQUEST", "DROP_HEADER")]],
+           for a in ("REJECT_REQUEST", "DROP_HEADER")],
+         listener("mrpc", hcm(routes, stat_prefix="mrpc", codec_type="HTTP2",
+                              drain_timeout="0.3s",
+                              common_http_protocol_options={"max_requests_per_connection": 2}))],
         [cluster("up", [("127.0.0.1", up_port)])])
 
 
@@ -118,11 +121,12 @@ def test_nghttp_concurrent_streams_and_stats(env):
     r = subprocess.run(["nghttp", "-ns", *urls], capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stdout + r.stderr
     after = p.stats("http.h2only.")
-    assert after["http.h2only.downstream_rq_http2_total"] - \
-        before.get("http.h2only.downstream_rq_http2_total", 0) == 8
-    assert after["http.h2only.downstream_cx_http2_total"] - \
-        before.get("http.h2only.downstream_cx_http2_total", 0) == 1
-    assert after["http.h2only.downstream_rq_2xx"] - before.get("http.h2only.downstream_rq_2xx", 0) == 8
+
+    def delta(name):
+        name = "http.h2only." + name
+        return after.get(name, 0) - before.get(name, 0)
+    assert (delta("downstream_rq_http2_total"), delta("downstream_cx_http2_total"),
+            delta("downstream_rq_2xx")) == (8, 1, 8)
 
 
 def test_h2load_bounded(env):
@@ -169,6 +173,30 @@ def timeout_exchange(p) -> tuple:
 def test_route_timeout_ends_only_its_stream(env):
     p, _ = env
     assert timeout_exchange(p) == ([504, 200], b"upstream request timeout", {}, None)
+
+
+def max_requests_exchange(p) -> tuple:
+    """Two requests one after the other where max_requests_per_connection is 2: the second
+    starts the drain (shutdown-notice GOAWAY before its response), drain_timeout later the
+    final GOAWAY and the close."""
+    with H2Client(p.port("mrpc")) as c:
+        seen = []
+        for i in range(2):
+            sid = c.request(request_headers(f"/mrpc/{i}"))
+            c.send()
+            c.collect(lambda c: c.done(sid))
+            seen.append((c.status(sid), c.goaway))
+        c.collect(lambda c: c.eof, timeout=5)
+        kinds = [type(f).__name__ for f in c.frames if type(f).__name__ in
+                 ("HeadersFrame", "GoAwayFrame", "RstStreamFrame")]
+        return seen, c.goaway, c.eof, kinds
+
+
+def test_max_requests_per_connection_drains(env):
+    p, _ = env
+    assert max_requests_exchange(p) == (
+        [(200, None), (200, (2 ** 31 - 1, 0))], (3, 0), True,
+        ["HeadersFrame", "GoAwayFrame", "HeadersFrame", "GoAwayFrame"])
 
 
 def test_streams_past_max_concurrent_are_refused(env):
@@ -331,16 +359,26 @@ def test_sigterm_finishes_streams_in_flight(start_meshproxy_default):
         assert p.proc.wait(10) == 0
 
 
-def test_rapid_reset_closes_connection(start_meshproxy_default):
-    with Upstream(handler) as up:
-        p = start_meshproxy_default(h2_bootstrap(up.port))
-        with H2Client(p.port("h2")) as c:
+def rapid_reset_exchange(p, listener: str = "h2") -> tuple:
+    """600 streams each reset by the client at once (CVE-2023-44487): (EOF, GOAWAY, replies)."""
+    with H2Client(p.port(listener)) as c:
+        try:
             for i in range(600):
                 sid = c.request(request_headers(f"/rr/{i}"))
                 c.conn.reset_stream(sid, 8)
                 if i % 50 == 49:
                     c.send()
             c.send()
-            c.collect(timeout=10)
-            assert c.eof
-        assert p.stats("http2.")["http2.remote_premature_reset"] == 1
+        except (BrokenPipeError, ConnectionResetError):
+            pass                      # the proxy closed the connection while we still sent
+        c.collect(timeout=10)
+        return c.eof, c.goaway, len(c.headers)
+
+
+def test_rapid_reset_closes_connection(start_meshproxy_default):
+    with Upstream(handler) as up:
+        p = start_meshproxy_default(h2_bootstrap(up.port))
+        assert rapid_reset_exchange(p) == (True, None, 0)
+        # closed at 250 premature resets (half of Envoy's 500-stream floor), nothing after
+        assert p.stat("http.h2only.downstream_rq_too_many_premature_resets") == 1
+        assert p.stat("http.h2only.downstream_rq_rx_reset") == 250

@@ -10,7 +10,9 @@ import pytest
 from hyperframe.frame import DataFrame, PriorityFrame
 
 from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
-                                                  refused_stream_exchange, timeout_exchange)
+                                                  max_requests_exchange, rapid_reset_exchange,
+                                                  refused_stream_exchange,
+                                                  timeout_exchange)
 from tests.support.h2client import H2Client, request_headers
 from tests.support.proxies import ProxyProcess, find_envoy
 from tests.support.upstream import Reply, Upstream
@@ -245,6 +247,22 @@ def test_empty_data_frame_flood_matches_envoy(proxies, empty):
             c.collect(lambda c: c.done(sid) or c.eof, timeout=3)
             seen[kind] = (c.status(sid), c.bodies.get(sid), c.resets, c.goaway, c.eof,
                           p.stat("http2.inbound_empty_frames_flood") - before)
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+def test_max_requests_per_connection_matches_envoy(proxies):
+    stat = "http.mrpc.downstream_cx_max_requests_reached"
+    seen = {kind: (max_requests_exchange(p), p.stat(stat)) for kind, (p, _) in proxies.items()}
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+def test_rapid_reset_matches_envoy(proxies):
+    names = ("http.h2only.downstream_rq_too_many_premature_resets",
+             "http.h2only.downstream_rq_rx_reset", "http.h2only.downstream_rq_total")
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = {n: p.stat(n) for n in names}
+        seen[kind] = (rapid_reset_exchange(p), {n: p.stat(n) - before[n] for n in names})
     assert seen["meshproxy"] == seen["envoy"]
 
 
