@@ -54,7 +54,10 @@ def h2_bootstrap(up_port: int) -> dict:
            for a in ("REJECT_REQUEST", "DROP_HEADER")],
          listener("mrpc", hcm(routes, stat_prefix="mrpc", codec_type="HTTP2",
                               drain_timeout="0.3s",
-                              common_http_protocol_options={"max_requests_per_connection": 2}))],
+                              common_http_protocol_options={"max_requests_per_connection": 2})),
+         listener("idle", hcm(routes, stat_prefix="idle", codec_type="HTTP2",
+                              drain_timeout="0.2s",
+                              common_http_protocol_options={"idle_timeout": "0.2s"}))],
         [cluster("up", [("127.0.0.1", up_port)])])
 
 
@@ -197,6 +200,25 @@ def test_max_requests_per_connection_drains(env):
     assert max_requests_exchange(p) == (
         [(200, None), (200, (2 ** 31 - 1, 0))], (3, 0), True,
         ["HeadersFrame", "GoAwayFrame", "HeadersFrame", "GoAwayFrame"])
+
+
+def idle_exchange(p) -> tuple:
+    """One request, then silence past idle_timeout: the drain sequence (notice GOAWAY, final
+    GOAWAY after drain_timeout) and the close."""
+    with H2Client(p.port("idle")) as c:
+        sid = c.request(request_headers("/idle"))
+        c.send()
+        c.collect(lambda c: c.eof, timeout=5)
+        frames = [(type(f).__name__, getattr(f, "last_stream_id", None)) for f in c.frames
+                  if type(f).__name__ in ("HeadersFrame", "GoAwayFrame")]
+        return c.status(sid), frames, c.eof
+
+
+def test_idle_timeout_drains(env):
+    p, _ = env
+    assert idle_exchange(p) == (200, [("HeadersFrame", None), ("GoAwayFrame", 2 ** 31 - 1),
+                                      ("GoAwayFrame", 1)], True)
+    assert p.stat("http.idle.downstream_cx_idle_timeout") == 1
 
 
 def test_streams_past_max_concurrent_are_refused(env):

@@ -10,6 +10,7 @@ import pytest
 from hyperframe.frame import DataFrame, PriorityFrame
 
 from tests.integration.test_h2_downstream import (drain_exchange, h2_bootstrap, handler,
+                                                  idle_exchange,
                                                   max_requests_exchange, rapid_reset_exchange,
                                                   refused_stream_exchange,
                                                   timeout_exchange)
@@ -263,6 +264,15 @@ def test_rapid_reset_matches_envoy(proxies):
     for kind, (p, _) in proxies.items():
         before = {n: p.stat(n) for n in names}
         seen[kind] = (rapid_reset_exchange(p), {n: p.stat(n) - before[n] for n in names})
+    assert seen["meshproxy"] == seen["envoy"]
+
+
+def test_idle_timeout_matches_envoy(proxies):
+    stat = "http.idle.downstream_cx_idle_timeout"
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = p.stat(stat)
+        seen[kind] = (idle_exchange(p), p.stat(stat) - before)
     assert seen["meshproxy"] == seen["envoy"]
 
 
