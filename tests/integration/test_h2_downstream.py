@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -139,6 +140,13 @@ def test_h2load_bounded(env):
                        capture_output=True, text=True, timeout=60)
     assert "400 succeeded, 0 failed, 0 errored" in r.stdout, r.stdout
     assert "status codes: 400 2xx" in r.stdout
+    # nothing left behind once h2load's connections are gone (bounded wait for the closes)
+    for _ in range(100):
+        if p.stat("http.h2only.downstream_cx_http2_active") == 0:
+            break
+        time.sleep(0.02)
+    assert p.stat("http.h2only.downstream_cx_http2_active") == 0
+    assert p.stat("http.h2only.downstream_rq_active") == 0
 
 
 def test_many_streams_one_connection(env):
