@@ -48,7 +48,7 @@ _PSEUDO = frozenset((b":method", b":path", b":scheme", b":authority"))
 
 
 def request_from_headers(headers, max_count: int, max_bytes: int, underscores: str = "ALLOW",
-                         stats=None) -> RequestHeaders:
+                         stats=None, conn_scheme: bytes = b"http") -> RequestHeaders:
     """``underscores``: the HCM's ``headers_with_underscores_action``; ``stats`` (``http2.*``)
     counts headers it drops."""
     if len(headers) > max_count:
@@ -104,15 +104,22 @@ def request_from_headers(headers, max_count: int, max_bytes: int, underscores: s
     path = pseudo.get(b":path")
     scheme = pseudo.get(b":scheme")
     authority = pseudo.get(b":authority", host)
-    if method is None or scheme is None or not path or authority is None:
+    if method == b"CONNECT":
+        # RFC 9113 §8.5: CONNECT names only :authority (no extended CONNECT here).
+        if scheme is not None or path is not None or b":authority" not in pseudo:
+            raise Malformed(b"CONNECT")
+        path = b""
+    elif method is None or scheme is None or not path or authority is None:
         raise Malformed(b"pseudo-headers")
-    if path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
+    elif path[:1] != b"/" and not (path == b"*" and method == b"OPTIONS"):
         raise Malformed(b":path")
     if not authority or authority.translate(None, _HOST_OK):
         raise Malformed(b":authority")      # nghttp2_check_authority (RFC 3986 §3.2)
     if cookies is not None:
         out.append((b"cookie", b"; ".join(cookies)))
-    req = RequestHeaders(method, path, authority, out, scheme, b"2")
+    # The scheme the connection manager reads (x-forwarded-proto) is the connection's, as for
+    # HTTP/1: Envoy derives it from the transport, not from :scheme.
+    req = RequestHeaders(method, path, authority, out, conn_scheme, b"2")
     req.content_length = content_length
     req.expect_continue = expect
     return req

@@ -74,6 +74,14 @@ def test_expect_100_continue_is_taken_out():
     assert not req.expect_continue and req.headers == [(b"expect", b"other")]
 
 
+def test_connect_names_only_authority():
+    req = request_from_headers([(b":method", b"CONNECT"), (b":authority", b"h:443")], 100, 61440)
+    assert (req.method, req.authority, req.path) == (b"CONNECT", b"h:443", b"")
+    with pytest.raises(Malformed):
+        request_from_headers([(b":method", b"CONNECT"), (b":path", b"/"),
+                              (b":authority", b"h:443")], 100, 61440)
+
+
 def test_options_star_path_is_allowed():
     req = request_from_headers([(b":method", b"OPTIONS"), (b":scheme", b"http"),
                                 (b":path", b"*"), (b":authority", b"a")], 100, 61440)
