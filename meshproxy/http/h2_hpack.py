@@ -126,3 +126,43 @@ class CachingDecoder(Decoder):
         else:
             self._seen.clear()
         return r
+
+
+def _integer(block: bytes, i: int, prefix: int) -> tuple:
+    """RFC 7541 §5.1 integer at ``block[i]`` with a ``prefix``-bit prefix: (value, next i)."""
+    mask = (1 << prefix) - 1
+    v = block[i] & mask
+    i += 1
+    if v < mask:
+        return v, i
+    shift = 0
+    while i < len(block):
+        b = block[i]
+        i += 1
+        v += (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            break
+    return v, i
+
+
+def longest_string(block: bytes) -> int:
+    """The longest string literal (as sent, §5.2) in a header block: nghttp2 refuses a field
+    over 64 KiB on the wire (NGHTTP2_HD_MAX_NV) as a compression error."""
+    i, n, longest = 0, len(block), 0
+    while i < n:
+        c = block[i]
+        if c & 0x80:                            # indexed field (§6.1)
+            _, i = _integer(block, i, 7)
+            continue
+        if c & 0xE0 == 0x20:                    # dynamic table size update (§6.3)
+            _, i = _integer(block, i, 5)
+            continue
+        idx, i = _integer(block, i, 6 if c & 0x40 else 4)   # literal field (§6.2)
+        for _ in range(1 if idx else 2):        # [name,] value
+            if i >= n:
+                return longest
+            length, i = _integer(block, i, 7)
+            longest = max(longest, length)
+            i += length
+    return longest

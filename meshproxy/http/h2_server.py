@@ -24,7 +24,7 @@ from hyperframe.frame import GoAwayFrame, SettingsFrame, WindowUpdateFrame
 import hpack.hpack
 
 from meshproxy.http.codec import CodecError
-from meshproxy.http.h2_hpack import CachingDecoder, StatelessEncoder
+from meshproxy.http.h2_hpack import CachingDecoder, StatelessEncoder, longest_string
 from meshproxy.http.h2_output import H2Output
 from meshproxy.http.h2_request import Malformed, TooLarge, UnderscoreRejected, \
     request_from_headers, trailers_from_headers
@@ -34,6 +34,7 @@ NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
 INTERNAL_ERROR = h2.errors.ErrorCodes.INTERNAL_ERROR
 REFUSED_STREAM = h2.errors.ErrorCodes.REFUSED_STREAM
+COMPRESSION_ERROR = h2.errors.ErrorCodes.COMPRESSION_ERROR
 
 
 class _Quiet:
@@ -61,7 +62,24 @@ class _Stream(h2.stream.H2Stream):
         pass
 
 
+class FieldTooLong(Exception):
+    """A header field over nghttp2's 64 KiB wire limit: a connection error
+    (COMPRESSION_ERROR), unlike a header list over Envoy's own limits."""
+
+    def __init__(self, stream_id: int):
+        super().__init__(stream_id)
+        self.stream_id = stream_id
+
+
+MAX_FIELD = 65536       # NGHTTP2_HD_MAX_NV
+
+
 class _Connection(h2.connection.H2Connection):
+    def _receive_headers_frame(self, frame):
+        if len(frame.data) > MAX_FIELD and longest_string(frame.data) > MAX_FIELD:
+            raise FieldTooLong(frame.stream_id)
+        return super()._receive_headers_frame(frame)
+
     def _begin_new_stream(self, stream_id, allowed_ids):
         s = super()._begin_new_stream(stream_id, allowed_ids)
         s.__class__ = _Stream
@@ -126,6 +144,8 @@ class H2ServerCodec(H2Output):
                 events = self.conn.receive_data(data)
             except h2.exceptions.ProtocolError as exc:
                 self._connection_error(exc)
+            except FieldTooLong as exc:
+                self._compression_error(exc.stream_id)
             if self.preface:
                 self._write_preface()
             handlers = self.handlers
@@ -159,6 +179,15 @@ class H2ServerCodec(H2Output):
         self.flush()
         self.dead = True
         raise CodecError(0, "http2.codec_error", body=False) from exc
+
+    def _compression_error(self, stream_id: int) -> None:
+        """GOAWAY COMPRESSION_ERROR naming the stream whose block failed, then close."""
+        if self.preface:
+            self._write_preface()
+        self.last_stream_id = max(self.last_stream_id, stream_id)
+        self.goaway(COMPRESSION_ERROR)
+        self.dead = True
+        raise CodecError(0, "http2.codec_error", body=False)
 
     def _messaging_error(self, stream) -> None:
         """A malformed request (Envoy's onInvalidFrame). With

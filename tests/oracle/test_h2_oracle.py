@@ -88,6 +88,9 @@ CASES = {
     "two_streams": [(request_headers("/one"), None, None), (request_headers("/two"), None, None)],
     "big_headers": [(request_headers(extra=[("x-big", "a" * 70000)]), None, None),
                     (request_headers("/after"), None, None)],
+    # one field over nghttp2's 64 KiB wire limit: COMPRESSION_ERROR for the connection
+    "huge_field": [(request_headers(extra=[("x-big", "a" * 300000)]), None, None),
+                   (request_headers("/after"), None, None)],
     "many_headers": [(request_headers(extra=[(f"x-h{i}", "a") for i in range(120)]), None,
                       None)],
     "headers_at_count_limit": [(request_headers(extra=[(f"x-h{i}", "a") for i in range(96)]),

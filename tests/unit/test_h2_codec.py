@@ -162,3 +162,16 @@ def test_headers_with_underscores():
     assert st.dropped_headers_with_underscores == 1
     with pytest.raises(UnderscoreRejected):
         request_from_headers(hs, 100, 61440, "REJECT_REQUEST")
+
+
+def test_longest_string_reads_hpack_representations():
+    from meshproxy.http.h2_hpack import longest_string
+
+    enc = hpack.Encoder()
+    block = enc.encode([(b":method", b"GET"), (b"x-a", b"v" * 70000), (b"x-b", b"w")],
+                       huffman=False)
+    assert longest_string(block) == 70000
+    # an indexed field and a name taken from the static table: only the value literal counts
+    block = hpack.Encoder().encode([(b":method", b"GET"), (b"user-agent", b"u" * 9)],
+                                   huffman=False)
+    assert longest_string(block) == 9
