@@ -289,6 +289,26 @@ def test_idle_timeout_matches_envoy(proxies):
     assert seen["meshproxy"] == seen["envoy"]
 
 
+def test_response_before_request_end_matches_envoy(proxies):
+    """A direct response while the request body is still open: the response, then
+    RST_STREAM NO_ERROR (Envoy's doEndStream), and the connection goes on."""
+    names = ("http.h2only.downstream_rq_response_before_rq_complete",
+             "http.h2only.downstream_rq_rx_reset", "http2.tx_reset")
+    seen = {}
+    for kind, (p, _) in proxies.items():
+        before = {n: p.stat(n) for n in names}
+        with H2Client(p.port("h2")) as c:
+            sid = c.request(request_headers("/direct", "POST"), end=False)
+            c.send()
+            c.collect(lambda c: c.done(sid))
+            nxt = c.request(request_headers("/next"))
+            c.send()
+            c.collect(lambda c: c.done(nxt))
+            got = (c.status(sid), c.bodies.get(sid), c.resets, sid in c.ended, c.status(nxt))
+        seen[kind] = (got, {n: p.stat(n) - before[n] for n in names})
+    assert seen["meshproxy"] == seen["envoy"]
+
+
 def test_route_timeout_matches_envoy(proxies):
     seen = {kind: timeout_exchange(p) for kind, (p, _) in proxies.items()}
     assert seen["meshproxy"] == seen["envoy"]
