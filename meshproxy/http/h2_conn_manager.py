@@ -19,7 +19,7 @@ earliest.
 from __future__ import annotations
 
 from meshproxy.http.codec import CodecError
-from meshproxy.http.conn_manager import HttpConnectionManager
+from meshproxy.http.conn_manager import _SERVER_DRAINING, HttpConnectionManager
 from meshproxy.http.h2_options import H2Stats
 from meshproxy.http.h2_server import H2ServerCodec
 from meshproxy.http.stream import ActiveStream
@@ -185,7 +185,7 @@ class H2ConnectionManager(HttpConnectionManager):
 
     def start_drain(self) -> None:
         self.draining = True
-        if getattr(self.ctx, "state", 0) == 1:      # the process is shutting down
+        if getattr(self.ctx, "state", 0) == _SERVER_DRAINING:   # the process is shutting down
             self.stats.downstream_cx_drain_close += 1
             self.drain_state = 2
             self.codec.goaway()

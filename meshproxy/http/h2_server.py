@@ -240,11 +240,11 @@ class H2ServerCodec(H2Output):
         end = ev.stream_ended is not None
         s.request_headers_end_stream = end
         s.rx_left = req.content_length
-        self.decoding = s
         if end and req.content_length > 0:
             # HEADERS ending a stream that promised a body: nghttp2 checks this while the
             # header block is read, so it is a malformed message (a connection error).
             return self._messaging_error(s)
+        self.decoding = s               # for encode_100_continue, during decode_headers
         s.decode_headers(req, end)
         self.decoding = None
 
