@@ -120,8 +120,11 @@ class H2Client:
         elif isinstance(f, GoAwayFrame):
             self.goaway = (f.last_stream_id, f.error_code)
         elif isinstance(f, SettingsFrame) and "ACK" not in f.flags:
-            # acknowledge the server's SETTINGS (RFC 9113 §6.5.3)
-            self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+            # acknowledge the server's SETTINGS (RFC 9113 §6.5.3), if the server still listens
+            try:
+                self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+            except OSError:
+                pass
         if "END_STREAM" in getattr(f, "flags", ()) and sid:
             self.ended.add(sid)
 
