@@ -93,6 +93,10 @@ class H2ConnectionManager(HttpConnectionManager):
         return streams
 
     def on_write_paused(self, paused: bool) -> None:
+        """The client is not reading: stop reading it too, as what it sends (PING, SETTINGS,
+        requests) makes more output that would pile up in memory (Envoy bounds the same with
+        its outbound frame flood limits); and stop reading the streams' upstreams."""
+        self.conn.read_disable(paused)
         for s in list(self.codec.streams.values()):
             r = s.router
             if r is not None and hasattr(r, "on_downstream_write_paused"):

@@ -12,6 +12,8 @@ side (frames, outbound flow control, backpressure) is ``h2_output.H2Output``.
 
 from __future__ import annotations
 
+import logging
+
 import h2.config
 import h2.connection
 import h2.errors
@@ -29,6 +31,7 @@ from meshproxy.http.h2_output import H2Output
 from meshproxy.http.h2_request import Malformed, TooLarge, UnderscoreRejected, \
     request_from_headers, trailers_from_headers
 
+log = logging.getLogger("meshproxy.http2")
 _S = h2.settings.SettingCodes
 NO_ERROR = h2.errors.ErrorCodes.NO_ERROR
 PROTOCOL_ERROR = h2.errors.ErrorCodes.PROTOCOL_ERROR
@@ -175,6 +178,7 @@ class H2ServerCodec(H2Output):
 
     def _connection_error(self, exc) -> None:
         """h2 found a framing error: it queued GOAWAY; write it and let the HCM close."""
+        log.debug("http2 connection error: %s", exc)
         self.dispatching = False
         self.flush()
         self.dead = True

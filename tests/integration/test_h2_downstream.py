@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from hyperframe.frame import PingFrame
+
 from tests.support.h2client import H2Client, request_headers
 from tests.support.proxies import ProxyProcess, bootstrap, cluster, hcm, listener
 from tests.support.upstream import Reply, Upstream
@@ -343,6 +345,33 @@ def test_flow_control_backpressure(env):
         c.send()
         c.collect(lambda c: c.done(sid), timeout=10)
         assert len(c.bodies[sid]) == BIG and sid in c.ended
+
+
+def test_client_that_does_not_read_is_not_read(env):
+    """A client that sends PINGs and never reads what comes back: once the proxy's output
+    backs up it stops reading the client, so its memory holds a bounded amount, not the
+    64 MiB of PING ACKs the client asks for."""
+    p, _ = env
+    ping = PingFrame(0, opaque_data=b"12345678").serialize() * 4096      # 69 KiB
+    before = p.stat("http.h2only.downstream_cx_rx_bytes_total")
+    with H2Client(p.port("h2")) as c:
+        c.send()
+        c.sock.setblocking(False)
+        sent, stalled_since = 0, None
+        deadline = time.monotonic() + 20
+        while sent < (64 << 20) and time.monotonic() < deadline:
+            try:
+                # whole frames only: a partial send continues where it stopped
+                off = sent % len(ping)
+                sent += c.sock.send(ping[off:])
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 1.0:
+                    break                   # the proxy stopped reading
+                time.sleep(0.01)
+        read = p.stat("http.h2only.downstream_cx_rx_bytes_total") - before
+        assert sent < (64 << 20) and read < (24 << 20), (sent, read)
 
 
 def drain_exchange(p) -> tuple:
