@@ -99,7 +99,9 @@ class H2ConnectionManager(HttpConnectionManager):
         self.conn.read_disable(paused)
         for s in list(self.codec.streams.values()):
             r = s.router
-            if r is not None and hasattr(r, "on_downstream_write_paused"):
+            # a stream still over its own watermark (no window) stays paused
+            if r is not None and hasattr(r, "on_downstream_write_paused") and \
+                    (paused or not s.write_paused):
                 r.on_downstream_write_paused(paused)
 
     # ------------------------------------------------------------ codec callbacks

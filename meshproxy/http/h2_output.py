@@ -175,7 +175,9 @@ class H2Output:
             if stream.write_paused:
                 stream.write_paused = False
                 r = stream.router
-                if r is not None and hasattr(r, "on_downstream_write_paused"):
+                # unless the connection as a whole is still backed up (H2ConnectionManager)
+                if r is not None and hasattr(r, "on_downstream_write_paused") and \
+                        not self.callbacks.conn.write_paused:
                     r.on_downstream_write_paused(False)
         elif trailers is not None:
             stream.out_trailers = trailers
