@@ -23,7 +23,8 @@ from meshproxy.http.stream import ActiveStream
 from meshproxy.listener.config import ListenerHttpStats
 from meshproxy.timer import LazyTimer
 
-_SERVER_DRAINING = 1   # meshproxy.server.DRAINING: the process is shutting down
+_SERVER_DRAINING = 1
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"   # meshproxy.server.DRAINING: the process is shutting down
 
 
 def _linger_zero(conn) -> None:
@@ -49,7 +50,7 @@ class HttpConnectionManager:
                  "draining", "closed", "cluster_manager", "listener_buffer_limit",
                  "requests_served", "ctx", "drain_state", "drain_deadline", "duration_deadline",
                  "delayed_close_deadline", "unread", "sync_depth", "queued_responses",
-                 "saw_data", "requests_started", "lstats")
+                 "saw_data", "requests_started", "lstats", "h2_stats", "h2_ended", "h2_premature")
 
     def __init__(self, config, conn, ctx):
         self.config = config
@@ -65,7 +66,11 @@ class HttpConnectionManager:
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
         conn.out.tx_stats = stats
-        self.codec = _codec_class(config.codec_backend)(self, conn.out.write, config.limits)
+        if config.codec_type == "HTTP2":
+            from meshproxy.http.h2_conn_manager import become_h2
+            become_h2(self)
+        else:
+            self.codec = _codec_class(config.codec_backend)(self, conn.out.write, config.limits)
         self.stream = None
         self.draining = ctx.draining        # listener drain: the next response closes
         self.drain_state = 0                # 1: drain sequence (idle / max duration) started
@@ -100,11 +105,8 @@ class HttpConnectionManager:
             # Closing: Envoy reads nothing more; what the client sends stays unread.
             self.unread = True
             return None
-        if not self.saw_data:
-            # Envoy makes the codec, and counts the protocol, on the first bytes.
-            self.saw_data = True
-            self.stats.downstream_cx_http1_total += 1
-            self.stats.downstream_cx_http1_active += 1
+        if not self.saw_data and self.first_data(data):
+            return self.on_data(data, end_stream)     # the connection became HTTP/2
         self.queued_responses = 0
         self.sync_depth += 1
         try:
@@ -115,28 +117,51 @@ class HttpConnectionManager:
             self.sync_depth -= 1
         return None
 
+    def first_data(self, data: bytes) -> bool:
+        """Envoy makes the codec, and counts the protocol, on the first bytes; with codec_type
+        AUTO the HTTP/2 connection preface (RFC 9113 §3.4) picks HTTP/2
+        (ConnectionManagerUtility::autoCreateCodec). True when the connection became HTTP/2."""
+        if self.config.codec_type == "AUTO" and data[:3] == b"PRI" and \
+                _H2_PREFACE.startswith(data[:len(_H2_PREFACE)]):
+            from meshproxy.http.h2_conn_manager import become_h2
+            become_h2(self)
+            return True
+        self.saw_data = True
+        self.stats.downstream_cx_http1_total += 1
+        self.stats.downstream_cx_http1_active += 1
+        return False
+
     def on_close(self, reason: str) -> None:
         self.closed = True
         self.timer.cancel()
         stats = self.stats
         stats.downstream_cx_active -= 1
         if self.saw_data:
-            stats.downstream_cx_http1_active -= 1
+            self.protocol_closed()
         stats.downstream_cx_destroy += 1
         remote = reason == "remote"
         if remote:
             stats.downstream_cx_destroy_remote += 1
         else:
             stats.downstream_cx_destroy_local += 1
-        s = self.stream
-        if s is not None and not s.done:
+        for s in self.take_streams():
+            if s.done:
+                continue
             stats.downstream_cx_destroy_active_rq += 1
             if remote:
                 stats.downstream_cx_destroy_remote_active_rq += 1
             else:
                 stats.downstream_cx_destroy_local_active_rq += 1
             s.on_connection_closed()
+
+    def protocol_closed(self) -> None:
+        self.stats.downstream_cx_http1_active -= 1
+
+    def take_streams(self) -> tuple:
+        """The streams still on the connection, which it forgets (at close)."""
+        s = self.stream
         self.stream = None
+        return () if s is None else (s,)
 
     def on_write_paused(self, paused: bool) -> None:
         s = self.stream
@@ -147,9 +172,19 @@ class HttpConnectionManager:
 
     def new_stream(self) -> ActiveStream:
         s = ActiveStream(self)
+        self.stats.downstream_rq_http1_total += 1
         self.stream = s
         self.idle_deadline = None
         return s
+
+    def max_requests_reached(self, stream) -> None:
+        """``max_requests_per_connection``: for HTTP/1 this request's response is the
+        connection's last (Connection: close)."""
+        stream.close_connection = True
+
+    def reset_stream(self, stream) -> None:
+        """Abort ``stream``; for HTTP/1 that means closing the connection."""
+        self.close(abort=True)
 
     def read_disable(self, disable: bool) -> None:
         self.conn.read_disable(disable)
@@ -284,12 +319,10 @@ class HttpConnectionManager:
                 self.close()
                 return
             self._start_drain_sequence(now)
-        s = self.stream
-        if s is not None:
-            nxt.append(s.check_timeouts(now))
-            if self.closed:
-                return
-        elif self.idle_deadline is not None and now >= self.idle_deadline:
+        active = self.check_stream_timeouts(now, nxt)
+        if self.closed:
+            return
+        if not active and self.idle_deadline is not None and now >= self.idle_deadline:
             self.idle_deadline = None
             self.stats.downstream_cx_idle_timeout += 1
             if not self.saw_data:
@@ -301,16 +334,25 @@ class HttpConnectionManager:
         if d is not None and now >= d:
             self.drain_deadline = None
             self.drain_state = 2
-            if self.stream is None:
+            if not active:
                 self.close(delay=True)
                 return
-        if self.stream is None:
+        if not active:
             nxt.append(self.idle_deadline)
         nxt.append(self.duration_deadline)
         nxt.append(self.drain_deadline)
         nxt = [x for x in nxt if x is not None]
         if nxt:
             self.timer.schedule(min(nxt))
+
+    def check_stream_timeouts(self, now: float, nxt: list) -> bool:
+        """Run the active stream's timeouts (adding its next deadline to ``nxt``); False when
+        no stream is active."""
+        s = self.stream
+        if s is None:
+            return False
+        nxt.append(s.check_timeouts(now))
+        return True
 
     def __repr__(self):
         return f"<HttpConnectionManager {self.config.stat_prefix} stream={self.stream!r}>"

@@ -10,6 +10,7 @@ from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
 from meshproxy.http.codec import CodecLimits
+from meshproxy.http.h2_options import build_h2_options
 from meshproxy.http.sanitize import build_internal_ranges
 from meshproxy.stats import stat_block
 
@@ -34,6 +35,7 @@ HcmStats = stat_block(
         "downstream_flow_control_resumed_reading_total", "downstream_rq_total",
         "downstream_rq_http1_total", "downstream_rq_http2_total", "downstream_rq_http3_total",
         "downstream_rq_response_before_rq_complete", "downstream_rq_rx_reset",
+        "downstream_rq_too_many_premature_resets",
         "downstream_rq_tx_reset", "downstream_rq_non_relative_path", "downstream_rq_too_large",
         "downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
         "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_timeout",
@@ -81,7 +83,7 @@ class HcmConfig:
                  "suppress_envoy_headers", "proxy_100_continue", "upgrade_types",
                  "reject_fragment", "normalize_path", "merge_slashes", "stats", "terminal",
                  "internal_address_config", "delayed_close_timeout", "local_address",
-                 "forward_client_cert", "proto", "rds_provider", "__weakref__")
+                 "forward_client_cert", "proto", "rds_provider", "http2", "__weakref__")
 
     def __init__(self, **kw):
         for name in self.__slots__:
@@ -133,7 +135,7 @@ def build_hcm_config(h, path: str, *, cluster_names=None, rds=None) -> HcmConfig
                     "spans (x-request-id and B3 headers still pass through)",
                     join(path, "tracing"))
     codec_type = _CODEC_TYPES.get(h.codec_type, "AUTO")
-    if codec_type in ("HTTP2", "HTTP3"):
+    if codec_type == "HTTP3":
         raise ConfigError(join(path, "codec_type"), f"{codec_type} is not supported by "
                                                     f"meshproxy yet")
     hpo = h.http_protocol_options
@@ -187,6 +189,7 @@ def build_hcm_config(h, path: str, *, cluster_names=None, rds=None) -> HcmConfig
         normalize_path=wrapped(h, "normalize_path", False),
         merge_slashes=h.merge_slashes,
         stats=None,
+        http2=build_h2_options(h.http2_protocol_options, join(path, "http2_protocol_options")),
         terminal=terminal,
         internal_address_config=build_internal_ranges(h.internal_address_config)
         if h.HasField("internal_address_config") else (),

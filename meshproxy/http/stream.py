@@ -61,7 +61,6 @@ class ActiveStream:
         self.filters = None       # _Filters: the HCM's HTTP filters, when it has any
         stats = cfg.stats
         stats.downstream_rq_total += 1
-        stats.downstream_rq_http1_total += 1
         stats.downstream_rq_active += 1
         timer = hcm.timer
         if cfg.stream_idle_timeout:
@@ -100,9 +99,8 @@ class ActiveStream:
             hcm = self.hcm
             hcm.requests_started += 1
             if hcm.requests_started >= mrpc:
-                # This request's response is the connection's last (Connection: close).
                 stats.downstream_cx_max_requests_reached += 1
-                self.close_connection = True
+                hcm.max_requests_reached(self)
         if end_stream:
             self.request_complete = True      # _on_request_complete, inline
             self.request_complete_time = now
@@ -201,6 +199,22 @@ class ActiveStream:
         if r is not None:
             r.decode_data(data, end_stream)
         if end_stream and self.response_complete:
+            self._finish()
+
+    def decode_trailers(self, trailers: list) -> None:
+        """Request trailers end the request (HTTP/2 HEADERS with END_STREAM, RFC 9113 §8.1);
+        the router passes them upstream."""
+        if self.idle_deadline is not None:
+            self.idle_deadline = self.hcm.loop.time() + self.config.stream_idle_timeout
+        self._on_request_complete()
+        r = self.router
+        if r is not None:
+            dt = getattr(r, "decode_trailers", None)
+            if dt is not None:
+                dt(trailers)
+            else:
+                r.decode_data(b"", True)
+        if self.response_complete:
             self._finish()
 
     def _on_request_complete(self):
@@ -394,9 +408,9 @@ class ActiveStream:
     # ------------------------------------------------------------------ resets and timeouts
 
     def reset_stream(self) -> None:
-        """Abort the exchange; for HTTP/1 that means closing the connection."""
+        """Abort the exchange (HTTP/1: close the connection; HTTP/2: RST_STREAM)."""
         self.config.stats.downstream_rq_tx_reset += 1
-        self.hcm.close(abort=True)
+        self.hcm.reset_stream(self)
 
     def on_connection_closed(self) -> None:
         """The downstream connection went away mid-stream."""

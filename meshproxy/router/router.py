@@ -181,6 +181,23 @@ class Router:
             if end_stream:
                 self._on_request_complete()
 
+    def decode_trailers(self, trailers: list) -> None:
+        """Request trailers end the request; the attempt sends them if it can (an HTTP/1
+        upstream writes them in the last chunk, or drops them as Envoy does by default)."""
+        self.request_done = True
+        up = self.upstream
+        if up is None:
+            return
+        send = getattr(up, "send_trailers", None)
+        conn = up.conn
+        if send is not None:
+            send(trailers)
+        elif conn is not None and conn.stream is up:
+            conn.send_trailers(trailers)
+        else:
+            up.send_data(b"", True)
+        self._on_request_complete()
+
     def _abandon_retries(self) -> None:
         self.cluster.stats.retry_or_shadow_abandoned += 1
         if self.retry is not None:
