@@ -46,6 +46,18 @@ def _parser(callbacks):
     return p
 
 
+
+class _Discard(list):
+    """Where trailer fields go: nowhere."""
+
+    __slots__ = ()
+
+    def append(self, item) -> None:
+        pass
+
+
+_TRAILERS = _Discard()
+
 class _Hop:
     """Hop-by-hop headers of one response head (made only when one comes)."""
 
@@ -67,7 +79,6 @@ class UpstreamH1Connection(asyncio.Protocol):
 
     # httptools looks every callback up with getattr(..., None) when a parser is made; a
     # missing one costs an AttributeError (formatted message and all) per new connection.
-    on_chunk_header = None
     on_chunk_complete = None
 
     def __init__(self, pool):
@@ -125,7 +136,8 @@ class UpstreamH1Connection(asyncio.Protocol):
         b.depth += 1
         try:
             self.parser.feed_data(data)
-            if self.hdrs is not None:
+            h = self.hdrs
+            if h is not None and h is not _TRAILERS:
                 self._head_continues(n)
             body = self.body
             if body is not None:
@@ -252,6 +264,12 @@ class UpstreamH1Connection(asyncio.Protocol):
         self.head_size = 17           # "HTTP/1.1 NNN " + CRLF after the status line, + CRLF
         self.cl = self.hop = None
         self.spanned = 0
+
+    def on_chunk_header(self):
+        # Past the head, what on_header sees is a trailer field (after the last chunk,
+        # RFC 9112 §7.1.2): Envoy's HTTP/1 codec keeps trailers only with
+        # http_protocol_options.enable_trailers; by default they are dropped, as here.
+        self.hdrs = _TRAILERS
 
     def on_status(self, reason: bytes):
         self.head_size += len(reason)

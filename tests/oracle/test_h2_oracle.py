@@ -143,7 +143,7 @@ MALFORMED = {
 # meshproxy's HTTP/1 upstream connection fails a chunked response that carries trailers
 # (upstream_cx_protocol_error, on HTTP/1 downstreams too); Envoy drops the trailers and relays
 # the body. Outside the downstream codec (meshproxy/upstream/h1_connection.py).
-_XFAIL = {"resp_trailers": "HTTP/1 upstream refuses response trailers (h1_connection)"}
+_XFAIL: dict = {}
 
 
 _LOCAL = {"direct", "connect"}     # answered by the proxy itself: nothing upstream
