@@ -153,6 +153,14 @@ class HttpConnectionManager:
             else:
                 stats.downstream_cx_destroy_local_active_rq += 1
             s.on_connection_closed()
+        # Nothing runs on this connection any more: cut the reference cycles (the codec and
+        # its parser's bound callbacks, the timer's callback, the codec and this manager) so
+        # that reference counting frees the connection's objects now rather than the cycle
+        # collector later (~28 objects per connection went through it; issue 3).
+        self.timer.callback = None
+        release = getattr(self.codec, "release", None)
+        if release is not None:
+            release()
 
     def protocol_closed(self) -> None:
         self.stats.downstream_cx_http1_active -= 1

@@ -182,6 +182,16 @@ class H1ServerBase(RequestHeadReader):
         finally:
             self._replaying = False
 
+    def release(self) -> None:
+        """The connection closed: drop what points back at the connection manager and at
+        this codec (the parser holds its bound callbacks)."""
+        self.stopped = True
+        self.callbacks = None
+        self.active = self.decoding = None
+        self.backlog = None
+        if getattr(self, "parser", None) is not None:
+            self.parser = None
+
     def _fail(self, exc: CodecError) -> None:
         self.stopped = True
         if not self.defer_error(exc):

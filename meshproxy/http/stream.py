@@ -425,6 +425,7 @@ class ActiveStream:
                 self.response_flags = "DC"
         r = self.router
         if r is not None:
+            self.router = None          # (a cycle: the router points back here)
             r.on_downstream_reset()
         if self.filters is not None:
             self._destroy_filters()
