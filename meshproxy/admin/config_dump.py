@@ -80,6 +80,10 @@ def _endpoint_dump(ctx, t, match):
         cluster = cm.clusters[name]
         cla = A("envoy.config.endpoint.v3.ClusterLoadAssignment")(cluster_name=name)
         groups: dict = {}
+        # Locality weights are kept (and dumped) only for locality-weighted load balancing
+        # (upstream_impl.cc PriorityStateManager::updateClusterPrioritySet).
+        proto = getattr(cluster.config, "proto", None)
+        lw = proto is not None and proto.common_lb_config.HasField("locality_weighted_lb_config")
         for h in cluster.hosts:
             key = (h.priority, tuple(h.locality or ("", "", "")))
             le = groups.get(key)
@@ -88,7 +92,7 @@ def _endpoint_dump(ctx, t, match):
                 region, zone, sub_zone = key[1]
                 le.locality.SetInParent()
                 le.locality.region, le.locality.zone, le.locality.sub_zone = region, zone, sub_zone
-                le.load_balancing_weight.value = 0
+                le.load_balancing_weight.value = h.locality_weight if lw else 0
                 le.priority = h.priority
             lb = le.lb_endpoints.add()
             if h.unix:
@@ -101,6 +105,8 @@ def _endpoint_dump(ctx, t, match):
                 lb.endpoint.hostname = h.hostname
             lb.health_status = 1 if h.healthy else (5 if h.degraded else 2)
             lb.load_balancing_weight.value = h.weight
+            if h.metadata is not None:
+                lb.metadata.CopyFrom(h.metadata)
         cla.policy.overprovisioning_factor.value = 140
         if getattr(cluster, "added_via_api", False):
             # clusters from CDS: their endpoints are dynamic, without version or time
@@ -151,6 +157,7 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sr.route_config.Pack(rc)
             sr.last_updated.CopyFrom(t)
     if xds is not None:
+        _dynamic_inline_routes(ctx, rcd, match)
         _dynamic_routes(ctx, rcd, match)
     dumps.append(rcd)
 
@@ -209,6 +216,25 @@ def _dynamic_listeners(ctx, lcd, match) -> None:
             dl.warming_state.version_info = version
             if when is not None:
                 dl.warming_state.last_updated.CopyFrom(when)
+
+
+def _dynamic_inline_routes(ctx, rcd, match) -> None:
+    """Route configurations inline in listeners that came over LDS are static route configs to
+    Envoy (one StaticRouteConfigProviderImpl per HCM, active or warming), stamped with the
+    listener's update time (checked against Envoy 1.40 with hello-openshift's listeners)."""
+    from meshproxy.xds import types as T
+    lm, applier = ctx.listener_manager, ctx.xds[2]
+    for name in sorted(set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)):
+        _, when = _recorded(ctx, T.LISTENER, name)
+        versions = [v.config.proto for v in (lm.listeners.get(name),) if v is not None]
+        if name in applier.pending:
+            versions.append(applier.pending[name].proto)
+        for rc in _inline_route_configs(versions):
+            if match(rc.name):
+                sr = rcd.static_route_configs.add()
+                sr.route_config.Pack(rc)
+                if when is not None:
+                    sr.last_updated.CopyFrom(when)
 
 
 def _dynamic_routes(ctx, rcd, match) -> None:
@@ -325,7 +351,45 @@ def _trim_resource(msg, paths) -> bool:
 
 def to_dict(msg) -> dict:
     """Proto-named JSON of ``msg``, with placeholders of unknown extensions as TypedStruct."""
-    return _typed_structs(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+    try:
+        return _typed_structs(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+    except TypeError:
+        # An Any of a type with no schema here, as received over xDS (Istio's stats.PluginConfig,
+        # metadata exchange, ...): Envoy without the type fails the whole dump ("could not find
+        # @type"); meshproxy, which accepted the resource, dumps that Any as a TypedStruct with
+        # the type URL and no fields (the bytes cannot be printed without the schema).
+        copy = type(msg)()
+        copy.CopyFrom(msg)
+        _scrub_unknown_anys(copy)
+        return _typed_structs(json_format.MessageToDict(copy, preserving_proto_field_name=True))
+
+
+def _scrub_unknown_anys(msg) -> None:
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = list(value.values()) if field.message_type.fields_by_name["value"] \
+                .message_type is not None else []
+        else:
+            items = list(value) if _repeated(field) else [value]
+        for item in items:
+            if item.DESCRIPTOR.full_name == _ANY:
+                _scrub_any(item)
+            else:
+                _scrub_unknown_anys(item)
+
+
+def _scrub_any(a) -> None:
+    cls = message_class(a.type_url.rsplit("/", 1)[-1])
+    if cls is None:
+        ts = message_class("xds.type.v3.TypedStruct")(type_url=a.type_url)
+        a.Pack(ts)
+        return
+    inner = cls()
+    a.Unpack(inner)
+    _scrub_unknown_anys(inner)
+    a.Pack(inner)
 
 
 def _typed_structs(value):

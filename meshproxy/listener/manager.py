@@ -195,6 +195,10 @@ class ListenerManager:
                 continue
             await al.start()
             self.stats.listener_create_success += 1
+        # Listeners that do not bind are added to the worker too (Envoy counts them; checked
+        # against Envoy 1.40 with an xDS bind_to_port: false listener).
+        self.stats.listener_create_success += sum(
+            1 for al in self.listeners.values() if not al.config.bind_to_port)
         self._index_addresses()
         self.stats.total_listeners_active = len(self.listeners)
         self.stats.workers_started = 1

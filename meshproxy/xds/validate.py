@@ -52,7 +52,32 @@ def _listener(lst) -> None:
     if not lst.name:
         raise ConfigError("name", "value length must be at least 1 characters")
     copy, _ = inline_rds(lst)
-    build_listener_config(copy, "")
+    cfg = build_listener_config(copy, "")
+    if cfg.bind_to_port and not (cfg.freebind or cfg.transparent):
+        for a in cfg.addresses:
+            _check_assignable(a)
+
+
+def _check_assignable(a) -> None:
+    """Envoy binds a listener's sockets while adding it (ListenSocketFactoryImpl, main thread),
+    so an address the host does not have is a rejection of that listener: ``cannot bind
+    '10.1.2.3:8080': Cannot assign requested address`` (checked against Envoy 1.40). meshproxy
+    binds later, when the listener activates; here it asks the kernel whether the IP is
+    assignable (a bind to port 0), which is what a pod-IP listener from a real dump hits.
+    A port already in use is still found only at activation (logged, listener_create_failure)."""
+    import errno
+    import socket
+    if a.unix or a.address[0] in ("0.0.0.0", "::"):
+        return
+    family = socket.AF_INET6 if ":" in a.address[0] else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.bind((a.address[0], 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError("", f"cannot bind '{a.text}': {exc.strerror}") from None
+    finally:
+        s.close()
 
 
 def _route(rc) -> None:

@@ -147,3 +147,13 @@ def sidecar_bootstrap(cp, delta: bool, node_id: str, node_cluster: str,
                     "explicit_http_config": {"http2_protocol_options": {}}}},
             "load_assignment": {"cluster_name": "xds-grpc", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": cp.envoy_address()}}]}]}}]}}
+
+
+def untimed(x):
+    """A /config_dump (or part of one) without its ``last_updated`` times, which differ
+    between runs."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k != "last_updated"}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
+    return x
