@@ -83,6 +83,13 @@ class Catalog:
         before = dict(store) if type_url == T.LISTENER else {}
         errors, accepted = {}, []
         for r in update.added:
+            old = store.get(r.name)
+            if old is not None and old.message == r.message:
+                # The same resource again (every SotW response carries them all): nothing to
+                # do, as Envoy skips a cluster, listener or route configuration whose hash is
+                # unchanged (addOrUpdateCluster, addOrUpdateListener "duplicate listener",
+                # RouteConfigUpdateReceiverImpl::onRdsUpdate).
+                continue
             try:
                 self.validator(type_url, r.message)
             except ConfigError as exc:
