@@ -173,10 +173,15 @@ def _recorded(ctx, type_url: str, name: str):
     return version, (_ts(when) if when is not None else None)
 
 
+def _system_version(ctx, type_url: str) -> str:
+    from meshproxy.xds.stats import SYSTEM_VERSIONS
+    return ctx.xds_record.get(SYSTEM_VERSIONS, {}).get(type_url, "")
+
+
 def _dynamic_clusters(ctx, ccd, match) -> None:
     from meshproxy.xds import types as T
-    client, catalog = ctx.xds[0], ctx.xds[1]
-    ccd.version_info = client.version(T.CLUSTER)
+    catalog = ctx.xds[1]
+    ccd.version_info = _system_version(ctx, T.CLUSTER)
     cm = ctx.cluster_manager
     for name in sorted(n for n, c in cm.clusters.items() if c.added_via_api):
         if not match(name):
@@ -193,8 +198,8 @@ def _dynamic_clusters(ctx, ccd, match) -> None:
 
 def _dynamic_listeners(ctx, lcd, match) -> None:
     from meshproxy.xds import types as T
-    client, applier = ctx.xds[0], ctx.xds[2]
-    lcd.version_info = client.version(T.LISTENER)
+    applier = ctx.xds[2]
+    lcd.version_info = _system_version(ctx, T.LISTENER)
     lm = ctx.listener_manager
     dynamic = set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)
     for name in sorted(dynamic):

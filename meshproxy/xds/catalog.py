@@ -61,6 +61,8 @@ class Catalog:
         self._cds_pause = None
         self._gave_up = {T.ENDPOINT: set(), T.ROUTE: set()}
         self._want_lds = True
+        self.unchanged: set[str] = set()   # names the last apply found identical (skipped)
+        self.in_place: set[str] = set()    # listeners the last apply changed in chains only
 
     def handlers(self) -> dict:
         h = {t: _CatalogHandler(self, t) for t in MANAGED}
@@ -82,9 +84,11 @@ class Catalog:
         store = self.resources[type_url]
         before = dict(store) if type_url == T.LISTENER else {}
         errors, accepted = {}, []
+        self.unchanged = set()
         for r in update.added:
             old = store.get(r.name)
             if old is not None and old.message == r.message:
+                self.unchanged.add(r.name)
                 # The same resource again (every SotW response carries them all): nothing to
                 # do, as Envoy skips a cluster, listener or route configuration whose hash is
                 # unchanged (addOrUpdateCluster, addOrUpdateListener "duplicate listener",
@@ -98,6 +102,8 @@ class Catalog:
             store[r.name] = r
             accepted.append(r)
         previous = {r.name: old for r in accepted if (old := before.get(r.name)) is not None}
+        self.in_place = {n for n, old in previous.items()
+                         if self.ready and _filter_chain_only_change(old.message, store[n].message)}
         removed = []
         for n in update.removed:
             old = store.pop(n, None)
@@ -249,6 +255,22 @@ class Catalog:
 
 _AFTER = {T.CLUSTER: Catalog._after_clusters, T.ENDPOINT: lambda c, a, r: c._rewarm(),
           T.ROUTE: lambda c, a, r: c._rewarm()}
+
+
+def _filter_chain_only_change(old, new) -> bool:
+    """Envoy updates such a listener in place (listener_impl.cc supportUpdateFilterChain,
+    ListenerMessageUtil::filterChainOnlyChange) and the new version keeps the old one's
+    ``version_info`` (newListenerWithFilterChain passes ``version_info_``: checked against
+    Envoy 1.40, tests/xds/test_config_dump_versions.py)."""
+    if not new.filter_chains:
+        return False
+    a, b = type(old)(), type(new)()
+    a.CopyFrom(old)
+    b.CopyFrom(new)
+    for m in (a, b):
+        for f in ("filter_chains", "default_filter_chain", "filter_chain_matcher"):
+            m.ClearField(f)
+    return a == b
 
 
 class _CatalogHandler(Handler):

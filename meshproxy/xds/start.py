@@ -36,7 +36,7 @@ def start_ads(ctx, dyn, node):
                             on_drained=lambda name: catalog.drained(name),
                             set_fetch_timeout=client.mux.set_fetch_timeout)
     catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
-    client.mux.handlers.update(_counted(ctx, catalog.handlers(), client, applier,
+    client.mux.handlers.update(_counted(ctx, catalog, client, applier,
                                         dyn.ads.api_type == "DELTA_GRPC"))
     ctx.xds = (client, catalog, applier)
     client.start()
@@ -45,9 +45,10 @@ def start_ads(ctx, dyn, node):
     return ready
 
 
-def _counted(ctx, handlers: dict, client, applier, delta: bool) -> dict:
+def _counted(ctx, catalog, client, applier, delta: bool) -> dict:
     """The catalog's handlers wrapped with Envoy's subscription stats and the version record
     ``/config_dump`` reads."""
+    handlers = catalog.handlers()
     for type_url, prefix, cls in ((T.CLUSTER, "cluster_manager.cds.", xs.CdsStats),
                                   (T.LISTENER, "listener_manager.lds.", xs.SubscriptionStats)):
         st = xs.new_stats(cls)
@@ -63,5 +64,7 @@ def _counted(ctx, handlers: dict, client, applier, delta: bool) -> dict:
     for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
         handlers[type_url] = xs.VersionRecorder(
             handlers[type_url], ctx.xds_record,
-            on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None)
+            on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None,
+            unchanged=lambda: catalog.unchanged,
+            in_place=(lambda: catalog.in_place) if type_url == T.LISTENER else (lambda: ()))
     return handlers

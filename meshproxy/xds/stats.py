@@ -99,26 +99,44 @@ class CountingHandler(Handler):
         self.inner.on_failure(failure)
 
 
+SYSTEM_VERSIONS = "system_version_info"   # key of {type_url: version} in the record
+
+
 class VersionRecorder(Handler):
     """Remembers, per type and resource name, the version and time each accepted resource came
     with (what ``/config_dump`` shows as ``version_info`` / ``last_updated``): the resource's
     own version over delta xDS, the response's ``version_info`` over state of the world."""
 
-    def __init__(self, inner: Handler, record: dict, clock=time.time, on_timeout=None):
+    def __init__(self, inner: Handler, record: dict, clock=time.time, on_timeout=None,
+                 unchanged=lambda: (), in_place=lambda: ()):
         self.inner = inner
         self.record = record
         self.clock = clock
         self.on_timeout = on_timeout   # (names) -> None, after an initial fetch timeout
+        self.unchanged = unchanged     # () -> names the last apply skipped as identical
+        self.in_place = in_place       # () -> listeners updated in place: keep their version
 
     def apply(self, update):
         errors = self.inner.apply(update)
         now = self.clock()
         mine = self.record.setdefault(update.type_url, {})
+        same, in_place = self.unchanged(), self.in_place()
+        applied = False
         for r in update.added:
-            if r.name not in errors:
-                mine[r.name] = (r.version or update.version_info, now)
+            # An identical resource keeps the version and time it came with (Envoy does not
+            # apply it: checked against Envoy 1.40, tests/xds/test_config_dump_versions.py).
+            if r.name not in errors and r.name not in same:
+                version = r.version or update.version_info
+                if r.name in in_place and r.name in mine:
+                    version = mine[r.name][0]
+                mine[r.name] = (version, now)
+                applied = True
         for name in update.removed:
-            mine.pop(name, None)
+            applied |= mine.pop(name, None) is not None
+        if applied:
+            # The dump's top-level version_info moves only when something was applied
+            # (cds_api_helper.cc / lds_api.cc: "if (any_applied) system_version_info_ = ...").
+            self.record.setdefault(SYSTEM_VERSIONS, {})[update.type_url] = update.version_info
         return errors
 
     def on_failure(self, failure) -> None:
