@@ -16,12 +16,14 @@ TypedStruct keeps every field and stays parseable as a ``ConfigDump`` (and loada
 
 from __future__ import annotations
 
-from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format
 
-from meshproxy.config.protos import _STRUCT_URL, _UNKNOWN_MARK, message_class, unpack_any
+from meshproxy.admin.dump_sections import (dynamic_clusters, dynamic_inline_routes,
+                                           dynamic_listeners, dynamic_routes,
+                                           inline_route_configs, timestamp)
+from meshproxy.config.protos import _STRUCT_URL, _UNKNOWN_MARK, message_class
 from meshproxy.stats.re2 import Re2Error, compile_re2
 
-_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TYPED_STRUCT_URL = "type.googleapis.com/xds.type.v3.TypedStruct"
 _ANY = "google.protobuf.Any"
 _HEALTH = {0: "HEALTHY", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING", 4: "TIMEOUT",
@@ -35,27 +37,6 @@ class DumpError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
-
-
-def _ts(t: float):
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(t * 1e9) // 1_000_000 * 1_000_000)
-    return ts
-
-
-def _inline_route_configs(listeners):
-    out = []
-    for lst in listeners:
-        chains = list(lst.filter_chains)
-        if lst.HasField("default_filter_chain"):
-            chains.append(lst.default_filter_chain)
-        for fc in chains:
-            for f in fc.filters:
-                if f.typed_config.type_url.endswith("/" + _HCM):
-                    h = unpack_any(f.typed_config, "")
-                    if h.HasField("route_config"):
-                        out.append(h.route_config)
-    return out
 
 
 def _bootstrap_dump(ctx, t):
@@ -120,7 +101,7 @@ def _endpoint_dump(ctx, t, match):
 
 def _dumps(ctx, match, include_eds: bool) -> list:
     boot = ctx.config.bootstrap
-    t = _ts(ctx.start_time)
+    t = timestamp(ctx.start_time)
     A = message_class
     dumps = [_bootstrap_dump(ctx, t)]
 
@@ -133,7 +114,7 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sc.last_updated.CopyFrom(t)
     xds = getattr(ctx, "xds", None)
     if xds is not None:
-        _dynamic_clusters(ctx, ccd, match)
+        dynamic_clusters(ctx, ccd, match)
     dumps.append(ccd)
     if include_eds:
         dumps.append(_endpoint_dump(ctx, t, match))
@@ -145,117 +126,24 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sl.listener.Pack(lst)
             sl.last_updated.CopyFrom(t)
     if xds is not None:
-        _dynamic_listeners(ctx, lcd, match)
+        dynamic_listeners(ctx, lcd, match)
     dumps.append(lcd)
 
     dumps.append(A("envoy.admin.v3.ScopedRoutesConfigDump")())
 
     rcd = A("envoy.admin.v3.RoutesConfigDump")()
-    for rc in _inline_route_configs(boot.static_resources.listeners):
+    for rc in inline_route_configs(boot.static_resources.listeners):
         if match(rc.name):
             sr = rcd.static_route_configs.add()
             sr.route_config.Pack(rc)
             sr.last_updated.CopyFrom(t)
     if xds is not None:
-        _dynamic_inline_routes(ctx, rcd, match)
-        _dynamic_routes(ctx, rcd, match)
+        dynamic_inline_routes(ctx, rcd, match)
+        dynamic_routes(ctx, rcd, match)
     dumps.append(rcd)
 
     dumps.append(A("envoy.admin.v3.SecretsConfigDump")())
     return dumps
-
-
-# ---------------------------------------------------------------------- dynamic (xDS)
-
-
-def _recorded(ctx, type_url: str, name: str):
-    version, when = ctx.xds_record.get(type_url, {}).get(name, ("", None))
-    return version, (_ts(when) if when is not None else None)
-
-
-def _system_version(ctx, type_url: str) -> str:
-    from meshproxy.xds.stats import SYSTEM_VERSIONS
-    return ctx.xds_record.get(SYSTEM_VERSIONS, {}).get(type_url, "")
-
-
-def _dynamic_clusters(ctx, ccd, match) -> None:
-    from meshproxy.xds import types as T
-    catalog = ctx.xds[1]
-    ccd.version_info = _system_version(ctx, T.CLUSTER)
-    cm = ctx.cluster_manager
-    for name in sorted(n for n, c in cm.clusters.items() if c.added_via_api):
-        if not match(name):
-            continue
-        proto = cm.clusters[name].config.proto
-        version, when = _recorded(ctx, T.CLUSTER, name)
-        warming = name in catalog.warming_clusters
-        dc = ccd.dynamic_warming_clusters.add() if warming else ccd.dynamic_active_clusters.add()
-        dc.version_info = version
-        dc.cluster.Pack(proto)
-        if when is not None:
-            dc.last_updated.CopyFrom(when)
-
-
-def _dynamic_listeners(ctx, lcd, match) -> None:
-    from meshproxy.xds import types as T
-    applier = ctx.xds[2]
-    lcd.version_info = _system_version(ctx, T.LISTENER)
-    lm = ctx.listener_manager
-    dynamic = set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)
-    for name in sorted(dynamic):
-        if not match(name):
-            continue
-        dl = lcd.dynamic_listeners.add()
-        dl.name = name
-        version, when = _recorded(ctx, T.LISTENER, name)
-        al = lm.listeners.get(name)
-        pending = applier.pending.get(name)
-        if al is not None:
-            # the active version's own record is gone once a newer one warms: show the newest
-            dl.active_state.listener.Pack(al.config.proto)
-            dl.active_state.version_info = version
-            if when is not None:
-                dl.active_state.last_updated.CopyFrom(when)
-        if pending is not None:
-            dl.warming_state.listener.Pack(pending.proto)
-            dl.warming_state.version_info = version
-            if when is not None:
-                dl.warming_state.last_updated.CopyFrom(when)
-
-
-def _dynamic_inline_routes(ctx, rcd, match) -> None:
-    """Route configurations inline in listeners that came over LDS are static route configs to
-    Envoy (one StaticRouteConfigProviderImpl per HCM, active or warming), stamped with the
-    listener's update time (checked against Envoy 1.40 with hello-openshift's listeners)."""
-    from meshproxy.xds import types as T
-    lm, applier = ctx.listener_manager, ctx.xds[2]
-    for name in sorted(set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)):
-        _, when = _recorded(ctx, T.LISTENER, name)
-        versions = [v.config.proto for v in (lm.listeners.get(name),) if v is not None]
-        if name in applier.pending:
-            versions.append(applier.pending[name].proto)
-        for rc in _inline_route_configs(versions):
-            if match(rc.name):
-                sr = rcd.static_route_configs.add()
-                sr.route_config.Pack(rc)
-                if when is not None:
-                    sr.last_updated.CopyFrom(when)
-
-
-def _dynamic_routes(ctx, rcd, match) -> None:
-    from meshproxy.xds import types as T
-    if ctx.rds is None:
-        return
-    for name in sorted(ctx.rds.providers):
-        p = ctx.rds.providers[name]
-        if p.proto is None or not match(name):
-            continue
-        dr = rcd.dynamic_route_configs.add()
-        version, when = _recorded(ctx, T.ROUTE, name)
-        dr.version_info = version
-        dr.route_config.Pack(p.proto)
-        if when is not None:
-            dr.last_updated.CopyFrom(when)
 
 
 def build(ctx, resource: str | None = None, name_regex: str | None = None,
