@@ -35,7 +35,8 @@ def start_ads(ctx, dyn, node):
     applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener, started=ready.done,
                             on_drained=lambda name: catalog.drained(name),
                             set_fetch_timeout=client.mux.set_fetch_timeout)
-    catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
+    catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready,
+                      cluster_names=lambda: ctx.cluster_manager.clusters.keys())
     client.mux.handlers.update(_counted(ctx, catalog, client, applier,
                                         dyn.ads.api_type == "DELTA_GRPC"))
     ctx.xds = (client, catalog, applier)

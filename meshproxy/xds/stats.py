@@ -20,7 +20,7 @@ import time
 import xxhash
 
 from meshproxy.stats import stat_block
-from meshproxy.xds.resources import CONNECTION, FETCH_TIMEOUT, Handler
+from meshproxy.xds.resources import CONNECTION, FETCH_TIMEOUT, REJECTED, Handler
 
 _COUNTERS = ("update_attempt", "update_success", "update_failure", "update_rejected",
              "init_fetch_timeout")
@@ -141,7 +141,9 @@ class VersionRecorder(Handler):
 
     def on_failure(self, failure) -> None:
         self.inner.on_failure(failure)
-        if self.on_timeout is not None and failure.reason == FETCH_TIMEOUT:
+        # A rejection ends the waits too: every watch of the type hears onConfigUpdateFailed
+        # and its init target is ready (a listener then serves without those routes: 404).
+        if self.on_timeout is not None and failure.reason in (FETCH_TIMEOUT, REJECTED):
             self.on_timeout(failure.names)
 
 

@@ -10,7 +10,8 @@ refused over xDS for exactly the reasons it would be refused in ``static_resourc
   checked when RDS delivers them. When the server integrates xDS it will build listeners with
   its ``router.rds.RdsRegistry`` and this copy goes away;
 - RouteConfiguration: ``router.route_config.build_route_table`` (RDS does not validate cluster
-  names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS);
+  names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS;
+  ``route_clusters`` checks them against the cluster manager's names when it does);
 - Secret: decoded only (TLS comes later).
 
 Errors are ``ConfigError``s whose path starts at the resource.
@@ -85,6 +86,16 @@ def _route(rc) -> None:
     build_route_table(rc, "", validate_clusters=False)
 
 
+def route_clusters(rc, cluster_names) -> None:
+    """A route configuration that sets ``validate_clusters`` (false by default over RDS) names
+    only clusters the cluster manager has, static or from CDS, else it is rejected:
+    ``route: unknown weighted cluster 'ghost'`` (checked against Envoy 1.40,
+    tests/xds/test_rds_validate_clusters.py)."""
+    from meshproxy.router.route_config import build_route_table
+    if rc.HasField("validate_clusters") and rc.validate_clusters.value:
+        build_route_table(rc, "", cluster_names=frozenset(cluster_names))
+
+
 _VALIDATORS = {T.CLUSTER: _cluster, T.ENDPOINT: _endpoints, T.LISTENER: _listener,
                T.ROUTE: _route}
 
@@ -116,8 +127,16 @@ def _hcms(lst):
 
 def rds_names(lst) -> set[str]:
     """The route configurations the listener's HCMs fetch over RDS."""
-    return {hcm.rds.route_config_name for _, hcm in _hcms(lst)
-            if hcm.WhichOneof("route_specifier") == "rds"}
+    return set(rds_names_in_order(lst))
+
+
+def rds_names_in_order(lst) -> list[str]:
+    """The same, in filter chain order (the order Envoy subscribes to them)."""
+    out = []
+    for _, hcm in _hcms(lst):
+        if hcm.WhichOneof("route_specifier") == "rds" and hcm.rds.route_config_name not in out:
+            out.append(hcm.rds.route_config_name)
+    return out
 
 
 def inline_rds(lst):
