@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 
-from meshproxy.stats.store import COUNTER, GAUGE
+from meshproxy.stats.store import COUNTER, GAUGE, TEXT_READOUT
 
 _SANITIZE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -40,12 +40,16 @@ def select(stats, *, used_only=False, regex=None, invert=False, kind=None):
 
 
 def text(stats) -> str:
-    return "".join(f"{st.name}: {st.value}\n" for st in stats)
+    # text readouts print quoted (StatsTextRender::generate(TextReadout))
+    return "".join(f'{st.name}: "{st.value}"\n' if st.kind == TEXT_READOUT else
+                   f"{st.name}: {st.value}\n" for st in stats)
 
 
 def as_json(stats) -> str:
-    items = ",".join('{"name":%s,"value":%d}' % (json.dumps(st.name, ensure_ascii=False),
-                                                  st.value) for st in stats)
+    items = ",".join('{"name":%s,"value":%s}' % (
+        json.dumps(st.name, ensure_ascii=False),
+        json.dumps(st.value, ensure_ascii=False) if st.kind == TEXT_READOUT else
+        "%d" % st.value) for st in stats)
     return '{"stats":[' + items + "]}"
 
 

@@ -92,11 +92,16 @@ class Catalog:
         errors, accepted = {}, []
         self.unchanged = set()
         added = update.added
-        if type_url == T.ROUTE:
+        if type_url == T.ROUTE and not self._delta:
+            # Envoy's SotW mux hands an RDS response to each route configuration's watch in
+            # turn, newest subscription first (GrpcMuxImpl: ``watches_`` grows at the front),
+            # and stops at the first that throws: those before it keep their update, the rest
+            # do not. Over delta each is applied or refused on its own. (Observed with Envoy
+            # 1.40: tests/xds/test_rds_validate_clusters.py.)
             added = sorted(added, key=lambda r: -self._route_order.get(r.name, 0))
         for r in added:
-            if errors and type_url == T.ROUTE:
-                break   # see _route_rejection
+            if errors and type_url == T.ROUTE and not self._delta:
+                break
 
             old = store.get(r.name)
             if old is not None and old.message == r.message:
@@ -115,9 +120,6 @@ class Catalog:
                 continue
             store[r.name] = r
             accepted.append(r)
-        if errors and type_url == T.ROUTE and self._delta:
-            accepted = self._route_rejection(store, before, accepted)
-            update = Update(update.type_url, update.version_info, (), ())
         previous = {r.name: old for r in accepted if (old := before.get(r.name)) is not None}
         self.in_place = {n for n, old in previous.items() if type_url == T.LISTENER and
                          self.ready and _filter_chain_only_change(old.message, store[n].message)}
@@ -136,19 +138,6 @@ class Catalog:
             if after is not None:
                 after(self, accepted, removed)
         return errors
-
-    def _route_rejection(self, store, before, accepted) -> list:
-        """Envoy hands an RDS response to each route configuration's watch in turn and stops at
-        the first that throws: over SotW the watches run newest subscription first
-        (GrpcMuxImpl, ``watches_`` grows at the front) and those before the failure keep
-        their update; over delta nothing of the response is applied. Observed with Envoy 1.40:
-        tests/xds/test_rds_validate_clusters.py. Here: the delta case, undone."""
-        for r in accepted:
-            if r.name in before:
-                store[r.name] = before[r.name]
-            else:
-                store.pop(r.name, None)
-        return []
 
     def _after_clusters(self, accepted, removed) -> None:
         for r in accepted:

@@ -25,19 +25,22 @@ from meshproxy.xds.resources import CONNECTION, FETCH_TIMEOUT, REJECTED, Handler
 _COUNTERS = ("update_attempt", "update_success", "update_failure", "update_rejected",
              "init_fetch_timeout")
 # CDS and LDS have no update_empty in Envoy 1.40 (EDS and RDS subscriptions do)
+# version_text: the last accepted version_info, a text readout (subscription_base.h)
+_TEXTS = ("version_text",)
 SubscriptionStats = stat_block("SubscriptionStats", counters=_COUNTERS,
-                               gauges=("update_time", "version"))
+                               gauges=("update_time", "version"), texts=_TEXTS)
 CdsStats = stat_block("CdsStats", counters=_COUNTERS + ("config_reload",),
-                      gauges=("update_time", "version", "config_reload_time_ms"))
+                      gauges=("update_time", "version", "config_reload_time_ms"), texts=_TEXTS)
 # An EDS cluster's subscription (``cluster.<name>.*``) and an RDS route configuration's
 # (``http.<stat_prefix>.rds.<name>.*``), with the names Envoy 1.40 shows
 EdsStats = stat_block("EdsStats", counters=_COUNTERS + (
     "update_empty", "assignment_stale", "assignment_timeout_received", "assignment_use_cached",
-    "update_no_rebuild"), gauges=("update_time", "version"))
+    "update_no_rebuild"), gauges=("update_time", "version"), texts=_TEXTS)
 RdsStats = stat_block("RdsStats", counters=_COUNTERS + ("update_empty", "config_reload"),
-                      gauges=("update_time", "version", "config_reload_time_ms"))
+                      gauges=("update_time", "version", "config_reload_time_ms"), texts=_TEXTS)
 ControlPlaneStats = stat_block("ControlPlaneStats", counters=("rate_limit_enforced",),
-                               gauges=("connected_state", "pending_requests"))
+                               gauges=("connected_state", "pending_requests"),
+                               texts=("identifier",))
 
 
 def new_stats(cls):
@@ -47,10 +50,11 @@ def new_stats(cls):
     return st
 
 
-def _accepted(st, version: int, now_ms: int) -> None:
+def _accepted(st, version_info: str, now_ms: int) -> None:
     st.update_success += 1
     st.update_time = now_ms
-    st.version = version
+    st.version = xxhash.xxh64(version_info.encode()).intdigest()
+    st.version_text = version_info
     if hasattr(st, "config_reload"):     # CDS and RDS
         st.config_reload += 1
         st.config_reload_time_ms = now_ms
@@ -76,8 +80,7 @@ class CountingHandler(Handler):
         if errors:
             self._rejected()
             return errors
-        _accepted(st, xxhash.xxh64(update.version_info.encode()).intdigest(),
-                  int(self.clock() * 1000))
+        _accepted(st, update.version_info, int(self.clock() * 1000))
         if update.state_of_the_world and not update.added and hasattr(st, "update_empty"):
             st.update_empty += 1
         return errors
@@ -161,7 +164,6 @@ class PerNameCounting(Handler):
     def apply(self, update):
         errors = self.inner.apply(update)
         now_ms = int(self.clock() * 1000)
-        version = xxhash.xxh64(update.version_info.encode()).intdigest()
         for r in update.added:
             for st in self.stats_for(r.name):
                 st.update_attempt += 1
@@ -170,7 +172,7 @@ class PerNameCounting(Handler):
                         st.update_attempt += 1
                     st.update_rejected += 1
                     continue
-                _accepted(st, version, now_ms)
+                _accepted(st, update.version_info, now_ms)
         return errors
 
     def on_failure(self, failure) -> None:

@@ -5,7 +5,8 @@ configuration, as Envoy 1.40 does: the NACK says ``route: unknown weighted clust
 (meshproxy puts the field path in front) and every listener waiting for routes stops warming
 and serves without them (404). What else of that RDS response is applied follows Envoy: over
 SotW the route configurations subscribed after the bad one (handled first) are in, those
-before it are not; over delta none is."""
+before it are not; over delta Envoy's order varies between runs, and meshproxy takes or refuses
+each on its own."""
 
 from __future__ import annotations
 
@@ -56,13 +57,21 @@ def test_validate_clusters_over_rds_as_envoy(delta):
     nacks, seen = scenario("meshproxy", delta)
     assert [code for code, _ in nacks] == [13]
     assert nacks[0][1].endswith("route: unknown weighted cluster 'ghost'"), nacks
-    # r3 (a route to a missing cluster, not validated: 503) was subscribed last
-    assert seen == [("ok", 404), ("bad", 404), ("lax", 404 if delta else 503)]
+    # SotW: r3 (a route to a missing cluster, not validated: 503) was subscribed last, so it
+    # was handled before r2 failed, and r after it was not
+    assert seen == [("ok", 200 if delta else 404), ("bad", 404), ("lax", 503)]
     if find_envoy() is None:
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     envoy_nacks, envoy_seen = scenario("envoy", delta)
-    assert envoy_seen == seen
+    if delta:
+        # Envoy's delta mux hands the response to the watches in hash order and stops at the
+        # first failure, so which good ones are in varies from run to run (all, or none, seen
+        # here); meshproxy takes each on its own, one of the outcomes Envoy has.
+        assert envoy_seen[1] == seen[1]
+        assert all(e == m or e[1] == 404 for e, m in zip(envoy_seen, seen)), envoy_seen
+    else:
+        assert envoy_seen == seen
     assert envoy_nacks == [(13, "route: unknown weighted cluster 'ghost'")]
     assert nacks[0][1] == "virtual_hosts[0].routes[0].route.weighted_clusters.clusters[1].name: " \
                           + envoy_nacks[0][1]
