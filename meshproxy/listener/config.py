@@ -18,6 +18,7 @@ from meshproxy.listener.addresses import ListenAddress, address_text, build_list
 from meshproxy.listener.chain_match import FilterChainMatcher
 from meshproxy.listener.listener_filters import build_listener_filters
 from meshproxy.stats import stat_block
+from meshproxy.upstream.transport_socket import check_typed
 
 log = logging.getLogger("meshproxy.listener")
 
@@ -122,6 +123,7 @@ def build_filter_chain(fc, path: str, cluster_names, rds=None) -> FilterChain:
     tls = ""
     if fc.HasField("transport_socket"):
         ts = fc.transport_socket
+        check_typed(ts, join(path, "transport_socket"))
         url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
         if url and url != RAW_BUFFER:
             # Accepted as Envoy accepts it (Istio's mTLS chains sit beside plain-text ones in

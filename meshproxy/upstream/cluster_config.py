@@ -284,7 +284,7 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         update_merge_window_ms=_merge_window(clb, join(path, "common_lb_config")),
         outlier=build_detector_config(c.outlier_detection, join(path, "outlier_detection"))
         if c.HasField("outlier_detection") else None,
-        socket_select=build_socket_select(c, c.name),
+        socket_select=build_socket_select(c, c.name, path),
         **_original_dst(c, ctype, path),
     )
 

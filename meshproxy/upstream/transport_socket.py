@@ -21,6 +21,8 @@ import logging
 
 from google.protobuf import json_format
 
+from meshproxy.config.errors import ConfigError, join
+
 log = logging.getLogger("meshproxy.upstream")
 
 RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
@@ -53,8 +55,22 @@ class SocketSelect:
         return self.default_plain
 
 
-def build_socket_select(c, cluster_name: str) -> SocketSelect | None:
+def check_typed(ts, path: str) -> None:
+    """A transport socket named without a ``typed_config`` (Istio <= 1.9 sent
+    ``envoy.transport_sockets.raw_buffer`` so) is refused by Envoy 1.40, which finds
+    extensions by type URL only."""
+    if ts.name and not ts.HasField("typed_config"):
+        raise ConfigError(path, f"Didn't find a registered implementation for '{ts.name}' with "
+                                f"type URL: ''")
+
+
+def build_socket_select(c, cluster_name: str, path: str = "") -> SocketSelect | None:
     """None when every socket the cluster can pick is plain text (the common case)."""
+    if c.HasField("transport_socket"):
+        check_typed(c.transport_socket, join(path, "transport_socket"))
+    for i, m in enumerate(c.transport_socket_matches):
+        check_typed(m.transport_socket,
+                    f"{join(path, 'transport_socket_matches')}[{i}].transport_socket")
     if is_plaintext(c.transport_socket) and \
             all(is_plaintext(m.transport_socket) for m in c.transport_socket_matches):
         return None

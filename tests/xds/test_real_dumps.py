@@ -7,7 +7,8 @@ test control plane as raw ``Any`` resources with the dumped type URLs and typed 
   metadata exchange, null-VM Wasm); meshproxy must accept at least everything Envoy accepts
   (it skips the telemetry filters; a security filter it lacks is refused, fail closed).
 - Without the Istio-only filters and the TLS paths (whose SDS secrets Envoy would wait for
-  without end): both ACK the same, and ``/config_dump`` agrees section by section.
+  without end): both ACK (or, for scout's Istio 1.9 name-only extensions, NACK) the same, and
+  ``/config_dump`` agrees section by section.
 - Requests through the served outbound port listeners (bound on 127.0.0.1) reach the same
   loopback upstreams with the same request; endpoints Istio marks ``tlsMode: istio`` are never
   served in plain text by meshproxy (it has no TLS yet: 503, nothing reaches the upstream).
@@ -146,7 +147,8 @@ def test_as_dumped_meshproxy_accepts_what_envoy_accepts(key):
     if key == "scout":
         assert rejected(names[T.LISTENER], mine[T.LISTENER]) == {"virtualInbound"}
         assert "'istio_authn'" in mine[T.LISTENER][0] and "fail closed" in mine[T.LISTENER][0]
-        assert set(mine) == {T.LISTENER}
+        # and, as Envoy 1.40, extensions named without a typed_config (Istio 1.9)
+        assert "with type URL: ''" in mine[T.CLUSTER][0]
     else:
         assert mine == {}, mine
     # meshproxy dumps what it holds, Istio's types named by URL (Envoy without those types
@@ -154,7 +156,9 @@ def test_as_dumped_meshproxy_accepts_what_envoy_accepts(key):
     status, body = dump
     assert status == 200
     types = {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
-    assert len(types["ClustersConfigDump"]["dynamic_active_clusters"]) == len(names[T.CLUSTER])
+    if key != "scout":
+        assert len(types["ClustersConfigDump"]["dynamic_active_clusters"]) == \
+            len(names[T.CLUSTER])
 
 
 # ------------------------------------------------------------------ vanilla variant
@@ -186,7 +190,7 @@ def dump_sections(body: str) -> dict:
 @needs_envoy
 @pytest.mark.oracle
 @pytest.mark.parametrize("key,delta", [("deathstarbench", False), ("deathstarbench", True),
-                                       ("hello-openshift", False)])
+                                       ("hello-openshift", False), ("scout", False)])
 def test_vanilla_variant_same_acks_and_config_dump_as_envoy(key, delta):
     def get_dump(p):
         status, body = p.get_admin("/config_dump?include_eds")
@@ -196,9 +200,22 @@ def test_vanilla_variant_same_acks_and_config_dump_as_envoy(key, delta):
         names = serve(cp, key, vanilla=True, port_for=lambda n: up.port)
         envoy_nacks, envoy = run("envoy", cp, get_dump, delta)
         mine_nacks, mine = run("meshproxy", cp, get_dump, delta)
-    assert envoy_nacks == mine_nacks == {}
-    assert len(mine[("ClustersConfigDump", "dynamic_active_clusters")]) == len(names[T.CLUSTER])
-    assert len(mine[("ListenersConfigDump", "dynamic_listeners")]) == len(names[T.LISTENER])
+    if key != "scout":
+        assert envoy_nacks == mine_nacks == {}
+        assert len(mine[("ClustersConfigDump", "dynamic_active_clusters")]) == \
+            len(names[T.CLUSTER])
+        assert len(mine[("ListenersConfigDump", "dynamic_listeners")]) == len(names[T.LISTENER])
+    # Istio 1.9 named extensions without a typed_config (raw_buffer sockets, previous_hosts):
+    # Envoy 1.40 refuses them; so does meshproxy, naming the field first
+    # (which ones: the dumps below; the NACK texts are cut at 4096 characters, meshproxy's
+    # sooner for the field paths)
+    assert set(envoy_nacks) == set(mine_nacks)
+    for t in envoy_nacks:
+        assert len(envoy_nacks[t]) == len(mine_nacks[t])
+        for e, m in zip(envoy_nacks[t], mine_nacks[t]):
+            assert "Didn't find a registered implementation" in e, e
+            first = e.split(", ")[0].split(": ")[-1]
+            assert first in m, (first, m[:300])
     assert set(mine) == set(envoy)
     for section in sorted(envoy):
         assert mine[section] == envoy[section], section
