@@ -66,7 +66,9 @@ class Catalog:
         self._gave_up = {T.ENDPOINT: set(), T.ROUTE: set()}
         self._want_lds = True
         self.unchanged: set[str] = set()   # names the last apply found identical (skipped)
-        self._route_order: dict[str, int] = {}   # RDS name -> when it was first watched
+        # EDS/RDS name -> when it was first watched (Envoy's SotW watch order, see apply)
+        self._order: dict[str, dict[str, int]] = {T.ENDPOINT: {}, T.ROUTE: {}}
+        self._seq = 0
         self._delta = getattr(getattr(mux, "mux", mux), "delta", False)
         self.in_place: set[str] = set()    # listeners the last apply changed in chains only
 
@@ -92,15 +94,17 @@ class Catalog:
         errors, accepted = {}, []
         self.unchanged = set()
         added = update.added
-        if type_url == T.ROUTE and not self._delta:
-            # Envoy's SotW mux hands an RDS response to each route configuration's watch in
-            # turn, newest subscription first (GrpcMuxImpl: ``watches_`` grows at the front),
-            # and stops at the first that throws: those before it keep their update, the rest
-            # do not. Over delta each is applied or refused on its own. (Observed with Envoy
-            # 1.40: tests/xds/test_rds_validate_clusters.py.)
-            added = sorted(added, key=lambda r: -self._route_order.get(r.name, 0))
+        in_turn = type_url in self._order and not self._delta
+        if in_turn:
+            # Envoy's SotW mux hands an EDS or RDS response to each watch in turn, newest
+            # subscription first (GrpcMuxImpl: ``watches_`` grows at the front), and stops at
+            # the first that throws: those before it keep their update, the rest do not. Over
+            # delta each is applied or refused on its own. (Observed with Envoy 1.40:
+            # tests/xds/test_rds_validate_clusters.py, test_eds_rejection.py.)
+            order = self._order[type_url]
+            added = sorted(added, key=lambda r: -order.get(r.name, 0))
         for r in added:
-            if errors and type_url == T.ROUTE and not self._delta:
+            if errors and in_turn:
                 break
 
             old = store.get(r.name)
@@ -147,8 +151,10 @@ class Catalog:
                 self.warming_clusters.discard(r.name)
         for n in removed:
             self.warming_clusters.discard(n)
-        names = {V.eds_service_name(r.message) for r in self.resources[T.CLUSTER].values()}
-        self._watch(T.ENDPOINT, names - {None})
+        names = [V.eds_service_name(r.message) for r in self.resources[T.CLUSTER].values()]
+        names = [n for n in names if n is not None]
+        self._note_order(T.ENDPOINT, names)
+        self._watch(T.ENDPOINT, set(names))
         self.cds_initialized = True
         self._maybe_clusters_initialized()
         self._update_cds_pause()
@@ -174,14 +180,19 @@ class Catalog:
     def _watch_routes(self) -> None:
         names = set()
         for r in self.resources[T.LISTENER].values():
-            for n in V.rds_names_in_order(r.message):
-                if n not in self._route_order:
-                    self._route_order[n] = len(self._route_order) + 1
-                names.add(n)
+            ordered = V.rds_names_in_order(r.message)
+            self._note_order(T.ROUTE, ordered)
+            names.update(ordered)
         for _, held in self.draining_listeners:
             names |= held
-        self._route_order = {n: i for n, i in self._route_order.items() if n in names}
         self._watch(T.ROUTE, names)
+
+    def _note_order(self, type_url: str, ordered) -> None:
+        order = self._order[type_url]
+        for n in ordered:
+            if n not in order:
+                self._seq += 1
+                order[n] = self._seq
 
     def drained(self, listener_name: str) -> None:
         """The server reports that the old versions of a listener finished draining: their
@@ -197,6 +208,8 @@ class Catalog:
         if not names and not self.mux.names(type_url):
             return
         self.mux.set_names(type_url, names)
+        if type_url in self._order:
+            self._order[type_url] = {n: i for n, i in self._order[type_url].items() if n in names}
         store = self.resources[type_url]
         for n in [n for n in store if n not in names]:
             del store[n]

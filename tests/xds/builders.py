@@ -169,3 +169,17 @@ def envoy_agrees(scenario, mine, *args) -> None:
         pytest.skip("Envoy 1.40 oracle not installed (run ./scripts/test): meshproxy's side "
                     "passed on its own")
     assert scenario("envoy", *args) == mine
+
+
+def run_proxy(kind: str, cp, delta: bool, read, start_index: int = 0):
+    """Start ``kind`` ("meshproxy" or "envoy") on a sidecar bootstrap fed by ``cp`` (initial
+    fetch timeouts off), call ``read(proxy)`` once it is LIVE, stop it; return what ``read``
+    returned and the NACKs ``cp`` received from it: [(code, message)]."""
+    from tests.support.proxies import ProxyProcess
+    proxy = ProxyProcess(kind, sidecar_bootstrap(cp, delta, "n", "c",
+                                                 initial_fetch_timeout="0s")).start()
+    try:
+        out = read(proxy)
+    finally:
+        proxy.stop()
+    return out, [r.error for r in cp.requests[start_index:] if r.error]

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from meshproxy.xds import types as T
-from tests.support.proxies import ProxyProcess
 from tests.xds import builders as B
 from tests.xds.control_plane import ControlPlane
 
@@ -29,20 +28,17 @@ def scenario(kind: str, delta: bool):
             B.listener("good", "r"), _at("bad", "192.0.2.7", 8080),
             _at("v1", "192.0.2.8", 80, deprecated_v1={"bind_to_port": False})], "l1")
         cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
-        proxy = ProxyProcess(kind, B.sidecar_bootstrap(cp, delta, "n", "c",
-                                                       initial_fetch_timeout="0s")).start()
-        try:
+
+        def read(proxy):
             cp.wait_for(lambda reqs: any(r.type_url == T.LISTENER and r.nonce for r in reqs))
             names = sorted(line.split("::")[0] for line in
                            proxy.get_admin("/listeners")[1].split())
-            stats = {k: v for k, v in proxy.stats().items()
-                     if k in ("listener_manager.lds.update_rejected",
-                              "listener_manager.listener_added",
-                              "listener_manager.listener_create_success",
-                              "listener_manager.total_listeners_active")}
-        finally:
-            proxy.stop()
-        nacks = [r.error for r in cp.requests if r.error]
+            return names, {k: v for k, v in proxy.stats().items()
+                           if k in ("listener_manager.lds.update_rejected",
+                                    "listener_manager.listener_added",
+                                    "listener_manager.listener_create_success",
+                                    "listener_manager.total_listeners_active")}
+        (names, stats), nacks = B.run_proxy(kind, cp, delta, read)
     return nacks, names, stats
 
 
