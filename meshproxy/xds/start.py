@@ -15,6 +15,7 @@ def start_ads(ctx, dyn, node):
     from meshproxy.router.rds import RdsRegistry
     from meshproxy.xds.ads_client import AdsClient
     from meshproxy.xds.apply import ServerApplier
+    from meshproxy.xds import validate as V
     from meshproxy.xds.catalog import Catalog
 
     loop = ctx.loop
@@ -35,8 +36,15 @@ def start_ads(ctx, dyn, node):
     applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener, started=ready.done,
                             on_drained=lambda name: catalog.drained(name),
                             set_fetch_timeout=client.mux.set_fetch_timeout)
-    catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready,
-                      cluster_names=lambda: ctx.cluster_manager.clusters.keys())
+    def validator(type_url, msg):
+        try:
+            V.validate(type_url, msg)
+        except V.BindFailure:
+            ctx.listener_manager.stats.listener_create_failure += 1
+            raise
+
+    catalog = Catalog(client, validator=validator, on_update=applier.on_update,
+                      on_ready=on_ready, cluster_names=lambda: ctx.cluster_manager.clusters.keys())
     client.mux.handlers.update(_counted(ctx, catalog, client, applier,
                                         dyn.ads.api_type == "DELTA_GRPC"))
     ctx.xds = (client, catalog, applier)

@@ -59,6 +59,10 @@ def _listener(lst) -> None:
             _check_assignable(a)
 
 
+class BindFailure(ConfigError):
+    """A listener whose socket cannot be made (Envoy also counts listener_create_failure)."""
+
+
 def _check_assignable(a) -> None:
     """Envoy binds a listener's sockets while adding it (ListenSocketFactoryImpl, main thread),
     so an address the host does not have is a rejection of that listener: ``cannot bind
@@ -76,7 +80,7 @@ def _check_assignable(a) -> None:
         s.bind((a.address[0], 0))
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL:
-            raise ConfigError("", f"cannot bind '{a.text}': {exc.strerror}") from None
+            raise BindFailure("", f"cannot bind '{a.text}': {exc.strerror}") from None
     finally:
         s.close()
 

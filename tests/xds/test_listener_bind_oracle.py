@@ -36,6 +36,7 @@ def scenario(kind: str, delta: bool):
             return names, {k: v for k, v in proxy.stats().items()
                            if k in ("listener_manager.lds.update_rejected",
                                     "listener_manager.listener_added",
+                                    "listener_manager.listener_create_failure",
                                     "listener_manager.listener_create_success",
                                     "listener_manager.total_listeners_active")}
         (names, stats), nacks = B.run_proxy(kind, cp, delta, read)
