@@ -218,3 +218,40 @@ def build_listener_config(lst, path: str, cluster_names=None, rds=None) -> Liste
         ipv4_compat=addresses[0].ipv4_compat,
         proto=lst,
     )
+
+
+def filter_chain_only_change(old, new) -> bool:
+    """Envoy updates such a listener in place (listener_impl.cc supportUpdateFilterChain,
+    ListenerMessageUtil::filterChainOnlyChange): connections on chains that are still there
+    unchanged go on undrained, and the new version keeps the old one's ``version_info``
+    (newListenerWithFilterChain passes ``version_info_``). Checked against Envoy 1.40:
+    tests/xds/test_listener_in_place.py, tests/xds/test_config_dump_versions.py."""
+    if not new.filter_chains:
+        return False
+    a, b = type(old)(), type(new)()
+    a.CopyFrom(old)
+    b.CopyFrom(new)
+    for m in (a, b):
+        for f in ("filter_chains", "default_filter_chain", "filter_chain_matcher"):
+            m.ClearField(f)
+    return a == b
+
+
+def unchanged_chain_connections(old, new) -> list:
+    """The connections of listener ``old`` (an ActiveListener) whose filter chain is in the
+    in-place update ``new`` unchanged: they move to the new version instead of draining."""
+    po, pn = old.config.proto, new.config.proto
+    if po is None or pn is None or not filter_chain_only_change(po, pn):
+        return []
+    protos = {id(ch): fc for ch, fc in zip(old.config.chains, po.filter_chains)}
+    if old.config.default_chain is not None:
+        protos[id(old.config.default_chain)] = po.default_filter_chain
+    still = list(pn.filter_chains)
+    if pn.HasField("default_filter_chain"):
+        still.append(pn.default_filter_chain)
+    out = []
+    for conn in old.connections:
+        fc = protos.get(id(getattr(conn, "filter_chain", None)))
+        if fc is not None and any(fc == other for other in still):
+            out.append(conn)
+    return out

@@ -11,7 +11,7 @@ import logging
 from meshproxy.http.hcm_config import HcmStats
 from meshproxy.listener.active import ActiveListener, BindError
 from meshproxy.listener.addresses import handoff_keys
-from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats
+from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats, unchanged_chain_connections
 from meshproxy.network.tcp_proxy import TcpStats
 from meshproxy.stats import stat_block
 
@@ -139,6 +139,8 @@ class ListenerManager:
             return old
         self.stats.listener_modified += 1
         self.stats.listener_create_success += 1
+        for conn in unchanged_chain_connections(old, new):
+            conn.move_to(new)   # an in-place filter chain update leaves them be
         self._retire(old, drain_time, on_drained)
         self._index_addresses()
         return new

@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 
 from meshproxy.config.errors import ConfigError
+from meshproxy.listener.config import filter_chain_only_change
 from meshproxy.xds import types as T
 from meshproxy.xds import validate as V
 from meshproxy.xds.resources import CONNECTION, Failure, Handler, IgnoreHandler, Update
@@ -126,7 +127,7 @@ class Catalog:
             accepted.append(r)
         previous = {r.name: old for r in accepted if (old := before.get(r.name)) is not None}
         self.in_place = {n for n, old in previous.items() if type_url == T.LISTENER and
-                         self.ready and _filter_chain_only_change(old.message, store[n].message)}
+                         self.ready and filter_chain_only_change(old.message, store[n].message)}
         removed = []
         for n in update.removed:
             old = store.pop(n, None)
@@ -291,22 +292,6 @@ class Catalog:
 
 _AFTER = {T.CLUSTER: Catalog._after_clusters, T.ENDPOINT: lambda c, a, r: c._rewarm(),
           T.ROUTE: lambda c, a, r: c._rewarm()}
-
-
-def _filter_chain_only_change(old, new) -> bool:
-    """Envoy updates such a listener in place (listener_impl.cc supportUpdateFilterChain,
-    ListenerMessageUtil::filterChainOnlyChange) and the new version keeps the old one's
-    ``version_info`` (newListenerWithFilterChain passes ``version_info_``: checked against
-    Envoy 1.40, tests/xds/test_config_dump_versions.py)."""
-    if not new.filter_chains:
-        return False
-    a, b = type(old)(), type(new)()
-    a.CopyFrom(old)
-    b.CopyFrom(new)
-    for m in (a, b):
-        for f in ("filter_chains", "default_filter_chain", "filter_chain_matcher"):
-            m.ClearField(f)
-    return a == b
 
 
 class _CatalogHandler(Handler):
