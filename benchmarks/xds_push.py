@@ -10,7 +10,8 @@ Per proxy and N it measures:
   name), and ``push_cpu_ms``, the proxy's CPU time over the same span;
 - ``rss_mb`` once everything is applied;
 - ``repush_cpu_ms``: CPU to take an identical re-push (every type at a new version with the same
-  resources; SotW sends them all again), per re-push, over ``--repeats`` re-pushes;
+  resources; SotW sends them all again), per re-push, over ``--repeats`` re-pushes (SotW only:
+  over ``--delta`` nothing is sent, and it reads 0);
 - ``change_cpu_ms``: CPU to take a change of one route configuration, per change, over
   ``--repeats`` changes.
 
@@ -62,32 +63,41 @@ def serve(cp, res: dict, version: str, types=(T.ENDPOINT, T.ROUTE, T.CLUSTER, T.
         cp.set_resources(t, res[t], version)
 
 
-def _acked(start: int, version: str, n: int, types):
+def _acked(start: int, version: str, n: int, types, delta: bool = False):
+    """Every type in ``types`` ACKed at ``version`` with all N names (SotW); over delta, ACKed
+    after the request that subscribed its N names (EDS, RDS) or at all (CDS, LDS)."""
     def pred(reqs):
-        got = set()
+        got, subscribed = set(), set()
         for r in reqs[start:]:
-            if r.nonce and not r.error and not r.stale and r.version_info == version and \
+            if delta:
+                if len(r.subscribe) == n:
+                    subscribed.add(r.type_url)
+                if r.nonce and not r.error and not r.stale and \
+                        (r.type_url in (T.CLUSTER, T.LISTENER) or r.type_url in subscribed):
+                    got.add(r.type_url)
+            elif r.nonce and not r.error and not r.stale and r.version_info == version and \
                     (r.type_url in (T.CLUSTER, T.LISTENER) or len(r.names) == n):
                 got.add(r.type_url)
         return got >= set(types)
     return pred
 
 
-def measure(kind: str, n: int, repeats: int, timeout: float) -> dict:
+def measure(kind: str, n: int, repeats: int, timeout: float, delta: bool = False) -> dict:
     with ControlPlane() as cp:
-        boot = B.sidecar_bootstrap(cp, False, NODE, "bench.default", initial_fetch_timeout="0s")
+        boot = B.sidecar_bootstrap(cp, delta, NODE, "bench.default", initial_fetch_timeout="0s")
         proxy = ProxyProcess(kind, boot).start(timeout=60)   # LIVE on an empty config
         try:
             pid = proxy.proc.pid
             res = resources(n)
             start, c0, t0 = len(cp.requests), cpu_seconds(pid), time.monotonic()
             serve(cp, res, "v1")
-            cp.wait_for(_acked(start, "v1", n, ALL), timeout)
+            cp.wait_for(_acked(start, "v1", n, ALL, delta), timeout)
             out = {"push_ms": (time.monotonic() - t0) * 1e3,
                    "push_cpu_ms": (cpu_seconds(pid) - c0) * 1e3,
                    "rss_mb": rss_bytes(pid) / 2**20}
             c0 = cpu_seconds(pid)
-            for k in range(repeats):
+            # over delta an identical push sends nothing: measured over SotW only
+            for k in range(0 if delta else repeats):
                 start, v = len(cp.requests), f"same{k}"
                 serve(cp, res, v)
                 cp.wait_for(_acked(start, v, n, ALL), timeout)
@@ -96,13 +106,20 @@ def measure(kind: str, n: int, repeats: int, timeout: float) -> dict:
             for k in range(repeats):
                 start, v = len(cp.requests), f"chg{k}"
                 serve(cp, resources(n, change=k + 1), v, types=(T.ROUTE,))
-                cp.wait_for(_acked(start, v, n, (T.ROUTE,)), timeout)
+                cp.wait_for(_changed(start, v, n, delta), timeout)
             out["change_cpu_ms"] = (cpu_seconds(pid) - c0) * 1e3 / repeats
             if proxy.proc.poll() is not None:
                 raise RuntimeError(f"{kind} exited: {proxy.log()}")
         finally:
             proxy.stop()
     return out
+
+
+def _changed(start: int, version: str, n: int, delta: bool):
+    if not delta:
+        return _acked(start, version, n, (T.ROUTE,))
+    return lambda reqs: any(r.type_url == T.ROUTE and r.nonce and not r.error and not r.stale
+                            for r in reqs[start:])
 
 
 KEYS = ("push_ms", "push_cpu_ms", "rss_mb", "repush_cpu_ms", "change_cpu_ms")
@@ -118,6 +135,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="alternating rounds per size (1-5)")
     ap.add_argument("--repeats", type=int, default=5, help="re-pushes and changes (1-20)")
     ap.add_argument("--timeout", type=float, default=60.0)
+    ap.add_argument("--delta", action="store_true", help="delta xDS (Istio's default)")
     a = ap.parse_args(argv)
     if find_envoy() is None:
         print("Envoy 1.40 not found (.venv-envoy/bin/envoy or $MESHPROXY_ENVOY)", file=sys.stderr)
@@ -128,9 +146,9 @@ def main(argv=None) -> int:
         for r in range(rounds):
             order = ("meshproxy", "envoy") if r % 2 == 0 else ("envoy", "meshproxy")
             for kind in order:
-                runs[kind].append(measure(kind, n, repeats, a.timeout))
+                runs[kind].append(measure(kind, n, repeats, a.timeout, a.delta))
         print(f"\nN = {n} clusters + endpoints + route configurations + listeners "
-              f"({rounds} round(s), {repeats} repeats)")
+              f"({'delta' if a.delta else 'SotW'}, {rounds} round(s), {repeats} repeats)")
         print(f"{'':16}{'meshproxy':>12}{'envoy':>12}{'ratio':>10}")
         for key in KEYS:
             m = statistics.median(x[key] for x in runs["meshproxy"])
