@@ -274,7 +274,7 @@ def _get(port: int, host: str, path: str):
         return e.code, e.read().decode()
 
 
-def route_through(kind: str, key: str, vanilla: bool, ups) -> list:
+def route_through(kind: str, key: str, vanilla: bool, ups, delta: bool = False) -> list:
     d = R.load(key)
     order = sorted(R.eds_cluster_names(d[T.CLUSTER]))
     index = {n: i % len(ups) for i, n in enumerate(order)}
@@ -283,18 +283,19 @@ def route_through(kind: str, key: str, vanilla: bool, ups) -> list:
     with ControlPlane() as cp:
         serve(cp, key, vanilla, lambda n: ups[index.get(n, 0)].port, bind_http_ports=True)
         _, seen = run(kind, cp, lambda p: [(ln, host, path, _get(p.port(ln), host, path))
-                                            for ln, host, path in reqs])
+                                            for ln, host, path in reqs], delta)
     return seen
 
 
 @needs_envoy
 @pytest.mark.oracle
-@pytest.mark.parametrize("key", ["deathstarbench", "hello-openshift"])
-def test_requests_through_the_served_config_as_envoy(key):
+@pytest.mark.parametrize("key,delta", [("deathstarbench", False), ("deathstarbench", True),
+                                       ("hello-openshift", False)])
+def test_requests_through_the_served_config_as_envoy(key, delta):
     ups = _upstreams()
     try:
-        envoy = route_through("envoy", key, True, ups)
-        mine = route_through("meshproxy", key, True, ups)
+        envoy = route_through("envoy", key, True, ups, delta)
+        mine = route_through("meshproxy", key, True, ups, delta)
     finally:
         for u in ups:
             u.stop()
