@@ -9,6 +9,7 @@ from __future__ import annotations
 import socket
 import ssl
 
+from tests.support.client import request
 from tests.support.proxies import ProxyProcess, bootstrap, cluster, hcm
 from tests.support.upstream import Upstream
 
@@ -62,16 +63,7 @@ def _boot(plain_port, tls_port):
 
 
 def _get(port, path):
-    s = socket.create_connection(("127.0.0.1", port), timeout=5)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-    out = b""
-    while True:
-        d = s.recv(65536)
-        if not d:
-            break
-        out += d
-    s.close()
-    return int(out.split(b" ", 2)[1])
+    return request(port, path=path).status
 
 
 def _tls_handshake(port) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 
 from meshproxy.xds import types as T
-from tests.support.proxies import ProxyProcess
 from tests.xds import builders as B
 from tests.xds.control_plane import ControlPlane
 
@@ -23,19 +22,16 @@ def scenario(kind: str, delta: bool) -> list:
         cp.set_resources(T.ENDPOINT, [B.cla("svc", 1)], "e1")
         cp.set_resources(T.LISTENER, [B.listener("in", "r")], "l1")
         cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
-        proxy = ProxyProcess(kind, B.sidecar_bootstrap(cp, delta, "n", "c",
-                                                       initial_fetch_timeout="0s")).start()
-        try:
+
+        def read(proxy):
             seen = [proxy.get_admin(q) for q in QUERIES]
             start = len(cp.requests)
             cp.set_resources(T.ROUTE, [B.route("r", "svc", prefix="/v2")], "r2")
             cp.set_resources(T.CLUSTER, [B.cluster("svc"), B.bad_cluster()], "c2")
             cp.wait_for(lambda reqs: any(r.error for r in reqs[start:]) and any(
                 r.type_url == T.ROUTE and r.nonce for r in reqs[start:]))
-            seen.append(proxy.get_admin(QUERIES[0]))
-        finally:
-            proxy.stop()
-    return seen
+            return seen + [proxy.get_admin(QUERIES[0])]
+        return B.run_proxy(kind, cp, delta, read)[0]
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
