@@ -62,9 +62,12 @@ def _counted(ctx, catalog, client, applier, delta: bool) -> dict:
                                   (T.LISTENER, "listener_manager.lds.", xs.SubscriptionStats)):
         st = xs.new_stats(cls)
         ctx.store.register(prefix, st)
-        handlers[type_url] = xs.CountingHandler(handlers[type_url], st, delta)
-    handlers[T.ENDPOINT] = xs.PerNameCounting(handlers[T.ENDPOINT], applier.eds_stats_for, delta)
-    handlers[T.ROUTE] = xs.PerNameCounting(handlers[T.ROUTE], applier.rds_stats_for, delta)
+        handlers[type_url] = xs.CountingHandler(handlers[type_url], st, delta,
+                                                unchanged=lambda: catalog.unchanged)
+    for type_url, stats_for in ((T.ENDPOINT, applier.eds_stats_for),
+                                (T.ROUTE, applier.rds_stats_for)):
+        handlers[type_url] = xs.PerNameCounting(handlers[type_url], stats_for, delta,
+                                                unchanged=lambda: catalog.unchanged)
     cps = xs.ControlPlaneStats()
     cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
     ctx.store.register("control_plane.", cps)

@@ -50,12 +50,14 @@ def new_stats(cls):
     return st
 
 
-def _accepted(st, version_info: str, now_ms: int) -> None:
+def _accepted(st, version_info: str, now_ms: int, changed: bool = True) -> None:
     st.update_success += 1
     st.update_time = now_ms
     st.version = xxhash.xxh64(version_info.encode()).intdigest()
     st.version_text = version_info
-    if hasattr(st, "config_reload"):     # CDS and RDS
+    # CDS and RDS count a reload only when the config changed (cds_api_helper any_applied,
+    # RdsRouteConfigSubscription: onRdsUpdate false for the same hash)
+    if changed and hasattr(st, "config_reload"):
         st.config_reload += 1
         st.config_reload_time_ms = now_ms
 
@@ -63,11 +65,13 @@ def _accepted(st, version_info: str, now_ms: int) -> None:
 class CountingHandler(Handler):
     """Wraps a type's handler and counts what happens to its updates."""
 
-    def __init__(self, inner: Handler, stats, delta: bool, clock=time.time):
+    def __init__(self, inner: Handler, stats, delta: bool, clock=time.time,
+                 unchanged=lambda: ()):
         self.inner = inner
         self.stats = stats
         self.delta = delta
         self.clock = clock
+        self.unchanged = unchanged     # () -> names the last apply skipped as identical
 
     def apply(self, update):
         st = self.stats
@@ -80,7 +84,9 @@ class CountingHandler(Handler):
         if errors:
             self._rejected()
             return errors
-        _accepted(st, update.version_info, int(self.clock() * 1000))
+        same = self.unchanged()
+        _accepted(st, update.version_info, int(self.clock() * 1000),
+                  changed=bool(update.removed) or any(r.name not in same for r in update.added))
         if update.state_of_the_world and not update.added and hasattr(st, "update_empty"):
             st.update_empty += 1
         return errors
@@ -155,14 +161,17 @@ class PerNameCounting(Handler):
     cluster) and RDS (per route configuration). ``stats_for(name)`` gives the blocks that
     count a name (an EDS service name can serve several clusters)."""
 
-    def __init__(self, inner: Handler, stats_for, delta: bool, clock=time.time):
+    def __init__(self, inner: Handler, stats_for, delta: bool, clock=time.time,
+                 unchanged=lambda: ()):
         self.inner = inner
         self.stats_for = stats_for
         self.delta = delta
         self.clock = clock
+        self.unchanged = unchanged
 
     def apply(self, update):
         errors = self.inner.apply(update)
+        same = self.unchanged()
         now_ms = int(self.clock() * 1000)
         for r in update.added:
             for st in self.stats_for(r.name):
@@ -172,7 +181,9 @@ class PerNameCounting(Handler):
                         st.update_attempt += 1
                     st.update_rejected += 1
                     continue
-                _accepted(st, update.version_info, now_ms)
+                if r.name in same and hasattr(st, "update_no_rebuild"):
+                    st.update_no_rebuild += 1      # EDS: the same hosts again
+                _accepted(st, update.version_info, now_ms, changed=r.name not in same)
         return errors
 
     def on_failure(self, failure) -> None:

@@ -183,3 +183,12 @@ def run_proxy(kind: str, cp, delta: bool, read, start_index: int = 0):
     finally:
         proxy.stop()
     return out, [r.error for r in cp.requests[start_index:] if r.error]
+
+
+def serve_one_of_each(cp, port: int = 1) -> None:
+    """EDS cluster ``svc`` (endpoint 127.0.0.1:``port``), listener ``in`` on RDS ``r`` to it,
+    at versions c1, e1, l1, r1."""
+    cp.set_resources(T.CLUSTER, [cluster("svc")], "c1")
+    cp.set_resources(T.ENDPOINT, [cla("svc", port)], "e1")
+    cp.set_resources(T.LISTENER, [listener("in", "r")], "l1")
+    cp.set_resources(T.ROUTE, [route("r", "svc")], "r1")

@@ -18,10 +18,7 @@ QUERIES = ("/stats?filter=version_text|identifier", "/stats?usedonly&filter=vers
 
 def scenario(kind: str, delta: bool) -> list:
     with ControlPlane() as cp:
-        cp.set_resources(T.CLUSTER, [B.cluster("svc")], "c1")
-        cp.set_resources(T.ENDPOINT, [B.cla("svc", 1)], "e1")
-        cp.set_resources(T.LISTENER, [B.listener("in", "r")], "l1")
-        cp.set_resources(T.ROUTE, [B.route("r", "svc")], "r1")
+        B.serve_one_of_each(cp)
 
         def read(proxy):
             seen = [proxy.get_admin(q) for q in QUERIES]
