@@ -39,17 +39,23 @@ def select(stats, *, used_only=False, regex=None, invert=False, kind=None):
     return out
 
 
+def _texts_first(stats) -> list:
+    """Envoy renders the text readouts before the counters and gauges (each part sorted)."""
+    return [st for st in stats if st.kind == TEXT_READOUT] + \
+        [st for st in stats if st.kind != TEXT_READOUT]
+
+
 def text(stats) -> str:
     # text readouts print quoted (StatsTextRender::generate(TextReadout))
     return "".join(f'{st.name}: "{st.value}"\n' if st.kind == TEXT_READOUT else
-                   f"{st.name}: {st.value}\n" for st in stats)
+                   f"{st.name}: {st.value}\n" for st in _texts_first(stats))
 
 
 def as_json(stats) -> str:
     items = ",".join('{"name":%s,"value":%s}' % (
         json.dumps(st.name, ensure_ascii=False),
         json.dumps(st.value, ensure_ascii=False) if st.kind == TEXT_READOUT else
-        "%d" % st.value) for st in stats)
+        "%d" % st.value) for st in _texts_first(stats))
     return '{"stats":[' + items + "]}"
 
 

@@ -69,7 +69,6 @@ def _counted(ctx, catalog, client, applier, delta: bool) -> dict:
         handlers[type_url] = xs.PerNameCounting(handlers[type_url], stats_for, delta,
                                                 unchanged=lambda: catalog.unchanged)
     cps = xs.ControlPlaneStats()
-    cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
     ctx.store.register("control_plane.", cps)
     client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
     ctx.xds_record = {}

@@ -1,7 +1,8 @@
 """The subscriptions' ``version_text`` text readouts (and ``control_plane.identifier``) in
-``/stats`` as Envoy 1.40 prints them: quoted in text, strings in JSON, kept by
-``type=TextReadouts``, in ``usedonly`` once set, absent from Prometheus; after a rejected push
-the version stays the last accepted one."""
+``/stats`` as Envoy 1.40 prints them: quoted in text, strings in JSON, before the counters and
+gauges, kept by ``type=TextReadouts``, in ``usedonly`` once set (as the xDS counters, which
+``usedonly`` leaves out until written), absent from Prometheus; after a rejected push the
+version stays the last accepted one."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ from tests.xds.control_plane import ControlPlane
 
 QUERIES = ("/stats?filter=version_text|identifier", "/stats?usedonly&filter=version_text",
            "/stats?type=TextReadouts", "/stats?format=json&type=TextReadouts",
-           "/stats/prometheus?filter=version_text|lds.version")
+           "/stats/prometheus?filter=version_text|lds.version",
+           # text readouts come first; usedonly leaves out what was never written
+           "/stats?usedonly&filter=\\.(update_(success|rejected|attempt|failure|empty|no_rebuild)"
+           "|init_fetch_timeout|version_text|config_reload|connected_state|pending_requests"
+           "|rate_limit_enforced|identifier)$",
+           "/stats?format=json&filter=^(cluster_manager.cds.(version|update_success)|control_plane)")
 
 
 def scenario(kind: str, delta: bool) -> list:
