@@ -237,12 +237,13 @@ def filter_chain_only_change(old, new) -> bool:
     return a == b
 
 
-def unchanged_chain_connections(old, new) -> list:
+def unchanged_chain_connections(old, new) -> list | None:
     """The connections of listener ``old`` (an ActiveListener) whose filter chain is in the
-    in-place update ``new`` unchanged: they move to the new version instead of draining."""
+    in-place update ``new`` unchanged: they move to the new version instead of draining.
+    None when ``new`` is not an in-place update."""
     po, pn = old.config.proto, new.config.proto
     if po is None or pn is None or not filter_chain_only_change(po, pn):
-        return []
+        return None
     protos = {id(ch): fc for ch, fc in zip(old.config.chains, po.filter_chains)}
     if old.config.default_chain is not None:
         protos[id(old.config.default_chain)] = po.default_filter_chain

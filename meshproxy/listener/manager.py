@@ -139,8 +139,11 @@ class ListenerManager:
             return old
         self.stats.listener_modified += 1
         self.stats.listener_create_success += 1
-        for conn in unchanged_chain_connections(old, new):
-            conn.move_to(new)   # an in-place filter chain update leaves them be
+        kept = unchanged_chain_connections(old, new)
+        if kept is not None:    # an in-place filter chain update: those connections stay
+            self.stats.listener_in_place_updated += 1
+            for conn in kept:
+                conn.move_to(new)
         self._retire(old, drain_time, on_drained)
         self._index_addresses()
         return new
