@@ -190,7 +190,8 @@ def dump_sections(body: str) -> dict:
 @needs_envoy
 @pytest.mark.oracle
 @pytest.mark.parametrize("key,delta", [("deathstarbench", False), ("deathstarbench", True),
-                                       ("hello-openshift", False), ("scout", False)])
+                                       ("hello-openshift", False), ("hello-openshift", True),
+                                       ("scout", False), ("scout", True)])
 def test_vanilla_variant_same_acks_and_config_dump_as_envoy(key, delta):
     def get_dump(p):
         status, body = p.get_admin("/config_dump?include_eds")
