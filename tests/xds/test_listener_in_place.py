@@ -14,7 +14,7 @@ from tests.support.client import KeepAlive
 from tests.support.upstream import Reply, Upstream
 from tests.xds import builders as B
 from tests.xds.control_plane import ControlPlane
-from tests.xds.test_server_xds import listener_port
+from tests.xds.test_server_xds import listener_port, until
 
 
 def _two_chains(listener_name, route_a, route_b):
@@ -47,6 +47,9 @@ def scenario(kind: str, delta: bool, own_chain_changes: bool = False) -> list:
             cp.set_resources(T.LISTENER, [update], "l2")
             cp.wait_for(lambda reqs: any(r.type_url == T.LISTENER and r.nonce and not r.error
                                          for r in reqs[start:]))
+            # the ACK can come before the new version is in place (Envoy: on its workers;
+            # meshproxy: a task): wait for it, bounded
+            until(lambda: proxy.stat("listener_manager.listener_modified") == 1)
             reply = conn.request(path="/2")
             seen.append(("after", reply.status, reply.header("connection")))
             if reply.header("connection") is None:
