@@ -16,12 +16,14 @@ TypedStruct keeps every field and stays parseable as a ``ConfigDump`` (and loada
 
 from __future__ import annotations
 
-from google.protobuf import field_mask_pb2, json_format, timestamp_pb2
+from google.protobuf import field_mask_pb2, json_format
 
-from meshproxy.config.protos import _STRUCT_URL, _UNKNOWN_MARK, message_class, unpack_any
+from meshproxy.admin.dump_sections import (dynamic_clusters, dynamic_inline_routes,
+                                           dynamic_listeners, dynamic_routes,
+                                           inline_route_configs, timestamp)
+from meshproxy.config.protos import _STRUCT_URL, _UNKNOWN_MARK, message_class
 from meshproxy.stats.re2 import Re2Error, compile_re2
 
-_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _TYPED_STRUCT_URL = "type.googleapis.com/xds.type.v3.TypedStruct"
 _ANY = "google.protobuf.Any"
 _HEALTH = {0: "HEALTHY", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING", 4: "TIMEOUT",
@@ -35,27 +37,6 @@ class DumpError(Exception):
         super().__init__(text)
         self.status = status
         self.text = text
-
-
-def _ts(t: float):
-    ts = timestamp_pb2.Timestamp()
-    ts.FromNanoseconds(int(t * 1e9) // 1_000_000 * 1_000_000)
-    return ts
-
-
-def _inline_route_configs(listeners):
-    out = []
-    for lst in listeners:
-        chains = list(lst.filter_chains)
-        if lst.HasField("default_filter_chain"):
-            chains.append(lst.default_filter_chain)
-        for fc in chains:
-            for f in fc.filters:
-                if f.typed_config.type_url.endswith("/" + _HCM):
-                    h = unpack_any(f.typed_config, "")
-                    if h.HasField("route_config"):
-                        out.append(h.route_config)
-    return out
 
 
 def _bootstrap_dump(ctx, t):
@@ -80,6 +61,10 @@ def _endpoint_dump(ctx, t, match):
         cluster = cm.clusters[name]
         cla = A("envoy.config.endpoint.v3.ClusterLoadAssignment")(cluster_name=name)
         groups: dict = {}
+        # Locality weights are kept (and dumped) only for locality-weighted load balancing
+        # (upstream_impl.cc PriorityStateManager::updateClusterPrioritySet).
+        proto = getattr(cluster.config, "proto", None)
+        lw = proto is not None and proto.common_lb_config.HasField("locality_weighted_lb_config")
         for h in cluster.hosts:
             key = (h.priority, tuple(h.locality or ("", "", "")))
             le = groups.get(key)
@@ -88,7 +73,7 @@ def _endpoint_dump(ctx, t, match):
                 region, zone, sub_zone = key[1]
                 le.locality.SetInParent()
                 le.locality.region, le.locality.zone, le.locality.sub_zone = region, zone, sub_zone
-                le.load_balancing_weight.value = 0
+                le.load_balancing_weight.value = h.locality_weight if lw else 0
                 le.priority = h.priority
             lb = le.lb_endpoints.add()
             if h.unix:
@@ -101,6 +86,8 @@ def _endpoint_dump(ctx, t, match):
                 lb.endpoint.hostname = h.hostname
             lb.health_status = 1 if h.healthy else (5 if h.degraded else 2)
             lb.load_balancing_weight.value = h.weight
+            if h.metadata is not None:
+                lb.metadata.CopyFrom(h.metadata)
         cla.policy.overprovisioning_factor.value = 140
         if getattr(cluster, "added_via_api", False):
             # clusters from CDS: their endpoints are dynamic, without version or time
@@ -114,7 +101,7 @@ def _endpoint_dump(ctx, t, match):
 
 def _dumps(ctx, match, include_eds: bool) -> list:
     boot = ctx.config.bootstrap
-    t = _ts(ctx.start_time)
+    t = timestamp(ctx.start_time)
     A = message_class
     dumps = [_bootstrap_dump(ctx, t)]
 
@@ -127,7 +114,7 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sc.last_updated.CopyFrom(t)
     xds = getattr(ctx, "xds", None)
     if xds is not None:
-        _dynamic_clusters(ctx, ccd, match)
+        dynamic_clusters(ctx, ccd, match)
     dumps.append(ccd)
     if include_eds:
         dumps.append(_endpoint_dump(ctx, t, match))
@@ -139,92 +126,24 @@ def _dumps(ctx, match, include_eds: bool) -> list:
             sl.listener.Pack(lst)
             sl.last_updated.CopyFrom(t)
     if xds is not None:
-        _dynamic_listeners(ctx, lcd, match)
+        dynamic_listeners(ctx, lcd, match)
     dumps.append(lcd)
 
     dumps.append(A("envoy.admin.v3.ScopedRoutesConfigDump")())
 
     rcd = A("envoy.admin.v3.RoutesConfigDump")()
-    for rc in _inline_route_configs(boot.static_resources.listeners):
+    for rc in inline_route_configs(boot.static_resources.listeners):
         if match(rc.name):
             sr = rcd.static_route_configs.add()
             sr.route_config.Pack(rc)
             sr.last_updated.CopyFrom(t)
     if xds is not None:
-        _dynamic_routes(ctx, rcd, match)
+        dynamic_inline_routes(ctx, rcd, match)
+        dynamic_routes(ctx, rcd, match)
     dumps.append(rcd)
 
     dumps.append(A("envoy.admin.v3.SecretsConfigDump")())
     return dumps
-
-
-# ---------------------------------------------------------------------- dynamic (xDS)
-
-
-def _recorded(ctx, type_url: str, name: str):
-    version, when = ctx.xds_record.get(type_url, {}).get(name, ("", None))
-    return version, (_ts(when) if when is not None else None)
-
-
-def _dynamic_clusters(ctx, ccd, match) -> None:
-    from meshproxy.xds import types as T
-    client, catalog = ctx.xds[0], ctx.xds[1]
-    ccd.version_info = client.version(T.CLUSTER)
-    cm = ctx.cluster_manager
-    for name in sorted(n for n, c in cm.clusters.items() if c.added_via_api):
-        if not match(name):
-            continue
-        proto = cm.clusters[name].config.proto
-        version, when = _recorded(ctx, T.CLUSTER, name)
-        warming = name in catalog.warming_clusters
-        dc = ccd.dynamic_warming_clusters.add() if warming else ccd.dynamic_active_clusters.add()
-        dc.version_info = version
-        dc.cluster.Pack(proto)
-        if when is not None:
-            dc.last_updated.CopyFrom(when)
-
-
-def _dynamic_listeners(ctx, lcd, match) -> None:
-    from meshproxy.xds import types as T
-    client, applier = ctx.xds[0], ctx.xds[2]
-    lcd.version_info = client.version(T.LISTENER)
-    lm = ctx.listener_manager
-    dynamic = set(ctx.xds_record.get(T.LISTENER, {})) | set(applier.pending)
-    for name in sorted(dynamic):
-        if not match(name):
-            continue
-        dl = lcd.dynamic_listeners.add()
-        dl.name = name
-        version, when = _recorded(ctx, T.LISTENER, name)
-        al = lm.listeners.get(name)
-        pending = applier.pending.get(name)
-        if al is not None:
-            # the active version's own record is gone once a newer one warms: show the newest
-            dl.active_state.listener.Pack(al.config.proto)
-            dl.active_state.version_info = version
-            if when is not None:
-                dl.active_state.last_updated.CopyFrom(when)
-        if pending is not None:
-            dl.warming_state.listener.Pack(pending.proto)
-            dl.warming_state.version_info = version
-            if when is not None:
-                dl.warming_state.last_updated.CopyFrom(when)
-
-
-def _dynamic_routes(ctx, rcd, match) -> None:
-    from meshproxy.xds import types as T
-    if ctx.rds is None:
-        return
-    for name in sorted(ctx.rds.providers):
-        p = ctx.rds.providers[name]
-        if p.proto is None or not match(name):
-            continue
-        dr = rcd.dynamic_route_configs.add()
-        version, when = _recorded(ctx, T.ROUTE, name)
-        dr.version_info = version
-        dr.route_config.Pack(p.proto)
-        if when is not None:
-            dr.last_updated.CopyFrom(when)
 
 
 def build(ctx, resource: str | None = None, name_regex: str | None = None,
@@ -325,7 +244,45 @@ def _trim_resource(msg, paths) -> bool:
 
 def to_dict(msg) -> dict:
     """Proto-named JSON of ``msg``, with placeholders of unknown extensions as TypedStruct."""
-    return _typed_structs(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+    try:
+        return _typed_structs(json_format.MessageToDict(msg, preserving_proto_field_name=True))
+    except TypeError:
+        # An Any of a type with no schema here, as received over xDS (Istio's stats.PluginConfig,
+        # metadata exchange, ...): Envoy without the type fails the whole dump ("could not find
+        # @type"); meshproxy, which accepted the resource, dumps that Any as a TypedStruct with
+        # the type URL and no fields (the bytes cannot be printed without the schema).
+        copy = type(msg)()
+        copy.CopyFrom(msg)
+        _scrub_unknown_anys(copy)
+        return _typed_structs(json_format.MessageToDict(copy, preserving_proto_field_name=True))
+
+
+def _scrub_unknown_anys(msg) -> None:
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            items = list(value.values()) if field.message_type.fields_by_name["value"] \
+                .message_type is not None else []
+        else:
+            items = list(value) if _repeated(field) else [value]
+        for item in items:
+            if item.DESCRIPTOR.full_name == _ANY:
+                _scrub_any(item)
+            else:
+                _scrub_unknown_anys(item)
+
+
+def _scrub_any(a) -> None:
+    cls = message_class(a.type_url.rsplit("/", 1)[-1])
+    if cls is None:
+        ts = message_class("xds.type.v3.TypedStruct")(type_url=a.type_url)
+        a.Pack(ts)
+        return
+    inner = cls()
+    a.Unpack(inner)
+    _scrub_unknown_anys(inner)
+    a.Pack(inner)
 
 
 def _typed_structs(value):

@@ -61,8 +61,8 @@ def _parse(q):
 
 
 def _select(ctx, p):
-    if p.kind in ("histogram", "text_readout") or p.hidden == "only":
-        return []  # meshproxy has no histograms, text readouts or hidden stats yet
+    if p.kind == "histogram" or p.hidden == "only":
+        return []  # meshproxy has no histograms or hidden stats yet
     return render.select(ctx.store.snapshot(), used_only=p.used_only, regex=p.regex,
                          invert=p.invert, kind=p.kind)
 

@@ -9,6 +9,8 @@ Istio adds in front of them are skipped (``config.extensions``).
 
 from __future__ import annotations
 
+import logging
+
 from meshproxy.config import extensions
 from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import UnknownExtension, duration, unpack_any, wrapped
@@ -16,6 +18,9 @@ from meshproxy.listener.addresses import ListenAddress, address_text, build_list
 from meshproxy.listener.chain_match import FilterChainMatcher
 from meshproxy.listener.listener_filters import build_listener_filters
 from meshproxy.stats import stat_block
+from meshproxy.upstream.transport_socket import check_typed
+
+log = logging.getLogger("meshproxy.listener")
 
 HCM_TYPE = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 TCP_PROXY_TYPE = "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -47,14 +52,17 @@ ListenerHttpStats = stat_block(
 
 
 class FilterChain:
-    __slots__ = ("name", "kind", "config", "ctx", "listener_http_stats")
+    __slots__ = ("name", "kind", "config", "ctx", "listener_http_stats", "tls_unsupported")
 
-    def __init__(self, name, kind, config):
+    def __init__(self, name, kind, config, tls_unsupported: str = ""):
         self.name = name
         self.kind = kind      # "http" or "tcp"
         self.config = config  # HcmConfig or TcpProxyConfig
         self.ctx = None       # server context, set when the listener is started
         self.listener_http_stats = None  # set by the listener manager for HTTP chains
+        # the chain's TLS transport socket type: meshproxy has no TLS yet, so a connection
+        # this chain is selected for is closed (fail closed, never served in plain text)
+        self.tls_unsupported = tls_unsupported
 
     def create_filter(self, conn):
         f = _FILTERS.get(self.kind)
@@ -126,12 +134,18 @@ def _empty_match(fcm) -> bool:
 
 def build_filter_chain(fc, path: str, cluster_names, rds=None) -> FilterChain:
     """``rds``: the server's RDS registry when xDS serves route configurations."""
+    tls = ""
     if fc.HasField("transport_socket"):
         ts = fc.transport_socket
+        check_typed(ts, join(path, "transport_socket"))
         url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
         if url and url != RAW_BUFFER:
-            raise ConfigError(join(path, "transport_socket"),
-                              f"transport socket {url} is not supported by meshproxy yet")
+            # Accepted as Envoy accepts it (Istio's mTLS chains sit beside plain-text ones in
+            # every inbound listener; a NACK would drop the whole listener), and fails closed.
+            log.warning("%s: transport socket %s is not supported by meshproxy yet; "
+                        "connections selecting this filter chain are closed",
+                        join(path, "transport_socket"), url)
+            tls = url
     if not fc.filters:
         raise ConfigError(join(path, "filters"), "a filter chain needs at least one network "
                                                  "filter")
@@ -161,7 +175,7 @@ def build_filter_chain(fc, path: str, cluster_names, rds=None) -> FilterChain:
         raise ConfigError(join(path, "filters"), "no terminal network filter "
                                                  "(http_connection_manager or tcp_proxy) "
                                                  "that meshproxy implements")
-    return FilterChain(fc.name, terminal[0], terminal[1])
+    return FilterChain(fc.name, terminal[0], terminal[1], tls)
 
 
 def build_listener_config(lst, path: str, cluster_names=None, rds=None) -> ListenerConfig:
@@ -206,7 +220,10 @@ def build_listener_config(lst, path: str, cluster_names=None, rds=None) -> Liste
         filters_timeout=duration(lst, "listener_filters_timeout", 15.0),
         continue_on_timeout=lst.continue_on_listener_filters_timeout,
         buffer_limit=wrapped(lst, "per_connection_buffer_limit_bytes", 1024 * 1024),
-        bind_to_port=wrapped(lst, "bind_to_port", True),
+        # listener_impl.cc shouldBindToPort: bind_to_port and the deprecated
+        # deprecated_v1.bind_to_port (Istio <= 1.9 sends that one) must both allow it.
+        bind_to_port=wrapped(lst, "bind_to_port", True) and
+        wrapped(lst.deprecated_v1, "bind_to_port", True),
         reuse_port=wrapped(lst, "enable_reuse_port", True),
         backlog=wrapped(lst, "tcp_backlog_size", 1024),
         traffic_direction=lst.traffic_direction,
@@ -215,3 +232,41 @@ def build_listener_config(lst, path: str, cluster_names=None, rds=None) -> Liste
         ipv4_compat=addresses[0].ipv4_compat,
         proto=lst,
     )
+
+
+def filter_chain_only_change(old, new) -> bool:
+    """Envoy updates such a listener in place (listener_impl.cc supportUpdateFilterChain,
+    ListenerMessageUtil::filterChainOnlyChange): connections on chains that are still there
+    unchanged go on undrained, and the new version keeps the old one's ``version_info``
+    (newListenerWithFilterChain passes ``version_info_``). Checked against Envoy 1.40:
+    tests/xds/test_listener_in_place.py, tests/xds/test_config_dump_versions.py."""
+    if not new.filter_chains:
+        return False
+    a, b = type(old)(), type(new)()
+    a.CopyFrom(old)
+    b.CopyFrom(new)
+    for m in (a, b):
+        for f in ("filter_chains", "default_filter_chain", "filter_chain_matcher"):
+            m.ClearField(f)
+    return a == b
+
+
+def unchanged_chain_connections(old, new) -> list | None:
+    """The connections of listener ``old`` (an ActiveListener) whose filter chain is in the
+    in-place update ``new`` unchanged: they move to the new version instead of draining.
+    None when ``new`` is not an in-place update."""
+    po, pn = old.config.proto, new.config.proto
+    if po is None or pn is None or not filter_chain_only_change(po, pn):
+        return None
+    protos = {id(ch): fc for ch, fc in zip(old.config.chains, po.filter_chains)}
+    if old.config.default_chain is not None:
+        protos[id(old.config.default_chain)] = po.default_filter_chain
+    still = list(pn.filter_chains)
+    if pn.HasField("default_filter_chain"):
+        still.append(pn.default_filter_chain)
+    out = []
+    for conn in old.connections:
+        fc = protos.get(id(getattr(conn, "filter_chain", None)))
+        if fc is not None and any(fc == other for other in still):
+            out.append(conn)
+    return out

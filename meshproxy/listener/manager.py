@@ -11,7 +11,7 @@ import logging
 from meshproxy.http.hcm_config import HcmStats
 from meshproxy.listener.active import ActiveListener, BindError
 from meshproxy.listener.addresses import handoff_keys
-from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats
+from meshproxy.listener.config import WORKER_ONLY, ListenerHttpStats, unchanged_chain_connections
 from meshproxy.network.tcp_proxy import TcpStats
 from meshproxy.stats import stat_block
 
@@ -57,14 +57,20 @@ class ListenerManager:
         """Envoy's ``tcp_listener_map_by_address_``, filled listener by listener: each address
         as bound; a dual-stack (``ipv4_compat``) IPv6 address also under its IPv4 form, where
         ``::`` yields ``0.0.0.0`` only to a port no IPv4 wildcard listener has."""
-        index: dict = {}
+        self._by_address = {}
         for al in self.listeners.values():
-            for la, (addr, unix) in zip(al.config.addresses, al.local_addresses()):
-                for key, compat in handoff_keys(la, None if unix else addr):
-                    if compat and key[0] == "0.0.0.0" and key in index:
-                        continue
-                    index[key] = al
-        self._by_address = index
+            self._index_one(al)
+
+    def _index_one(self, al) -> None:
+        """Add one listener to the index, as the last one filled (a listener added while
+        running: re-indexing them all per listener made a 1000-listener LDS push quadratic,
+        benchmarks/xds_push.py)."""
+        index = self._by_address
+        for la, (addr, unix) in zip(al.config.addresses, al.local_addresses()):
+            for key, compat in handoff_keys(la, None if unix else addr):
+                if compat and key[0] == "0.0.0.0" and key in index:
+                    continue
+                index[key] = al
 
     def add(self, config, previous: ActiveListener | None = None) -> ActiveListener:
         """``previous``: the version this one replaces; its stats carry on (Envoy's listener
@@ -136,6 +142,11 @@ class ListenerManager:
             return old
         self.stats.listener_modified += 1
         self.stats.listener_create_success += 1
+        kept = unchanged_chain_connections(old, new)
+        if kept is not None:    # an in-place filter chain update: those connections stay
+            self.stats.listener_in_place_updated += 1
+            for conn in kept:
+                conn.move_to(new)
         self._retire(old, drain_time, on_drained)
         self._index_addresses()
         return new
@@ -198,6 +209,10 @@ class ListenerManager:
                 continue
             await al.start()
             self.stats.listener_create_success += 1
+        # Listeners that do not bind are added to the worker too (Envoy counts them; checked
+        # against Envoy 1.40 with an xDS bind_to_port: false listener).
+        self.stats.listener_create_success += sum(
+            1 for al in self.listeners.values() if not al.config.bind_to_port)
         self._index_addresses()
         self.stats.total_listeners_active = len(self.listeners)
         self.stats.workers_started = 1
@@ -226,7 +241,10 @@ class ListenerManager:
                 return None
             await al.start()
         self.stats.listener_create_success += 1
-        self._index_addresses()
+        if next(reversed(self.listeners.values()), None) is al:
+            self._index_one(al)
+        else:   # others were added while this one started: fill in their order
+            self._index_addresses()
         self.stats.total_listeners_active = len(self.listeners)
         return al
 

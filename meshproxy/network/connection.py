@@ -115,6 +115,13 @@ class DownstreamConnection(asyncio.Protocol):
             else:
                 self.abort(rst=pre is not None and bool(pre.data))
             return
+        if chain.tls_unsupported:
+            # A TLS filter chain (listener/config.py): closed, never served in plain text.
+            if lost:
+                self.release()
+            else:
+                self.abort(rst=pre is not None and bool(pre.data))
+            return
         limit = cfg.buffer_limit
         if not lost:
             self.transport.set_write_buffer_limits(high=limit, low=limit // 2)

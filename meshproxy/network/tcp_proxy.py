@@ -26,6 +26,7 @@ from meshproxy.config.protos import duration, wrapped
 from meshproxy.network.connection import reset_transport
 from meshproxy.stats import stat_block
 from meshproxy.upstream.cluster_config import source_ip_for
+from meshproxy.upstream.transport_socket import check_host
 
 log = logging.getLogger("meshproxy.filter")
 
@@ -193,6 +194,7 @@ class TcpProxy:
             hs.cx_total += 1
             hs.cx_active += 1
             try:
+                check_host(cfg, host)   # TLS-only hosts fail closed (upstream/transport_socket.py)
                 if host.unix:
                     coro = self.loop.create_unix_connection(lambda: up, host.address)
                 else:

@@ -127,6 +127,12 @@ def build_retry_policy(p, path: str) -> RetryPolicy:
                                   "base_interval")
     if max_iv is None:
         max_iv = base * 10
+    for i, h in enumerate(p.retry_host_predicate):
+        if not h.HasField("typed_config"):
+            # Envoy 1.40 finds extensions by type URL only (checked with scout's Istio 1.9 dump)
+            raise ConfigError(f"{join(path, 'retry_host_predicate')}[{i}]",
+                              f"Didn't find a registered implementation for '{h.name}' with "
+                              f"type URL: ''")
     from meshproxy.router.matchers import build_header_matcher
     preds = tuple(h.name for h in p.retry_host_predicate)
     header_matchers = tuple(build_header_matcher(h, f"{join(path, 'retriable_headers')}[{i}]")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import re
 
-from meshproxy.stats.store import COUNTER, GAUGE
+from meshproxy.stats.store import COUNTER, GAUGE, TEXT_READOUT
 
 _SANITIZE = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -39,13 +39,23 @@ def select(stats, *, used_only=False, regex=None, invert=False, kind=None):
     return out
 
 
+def _texts_first(stats) -> list:
+    """Envoy renders the text readouts before the counters and gauges (each part sorted)."""
+    return [st for st in stats if st.kind == TEXT_READOUT] + \
+        [st for st in stats if st.kind != TEXT_READOUT]
+
+
 def text(stats) -> str:
-    return "".join(f"{st.name}: {st.value}\n" for st in stats)
+    # text readouts print quoted (StatsTextRender::generate(TextReadout))
+    return "".join(f'{st.name}: "{st.value}"\n' if st.kind == TEXT_READOUT else
+                   f"{st.name}: {st.value}\n" for st in _texts_first(stats))
 
 
 def as_json(stats) -> str:
-    items = ",".join('{"name":%s,"value":%d}' % (json.dumps(st.name, ensure_ascii=False),
-                                                  st.value) for st in stats)
+    items = ",".join('{"name":%s,"value":%s}' % (
+        json.dumps(st.name, ensure_ascii=False),
+        json.dumps(st.value, ensure_ascii=False) if st.kind == TEXT_READOUT else
+        "%d" % st.value) for st in _texts_first(stats))
     return '{"stats":[' + items + "]}"
 
 

@@ -24,6 +24,7 @@ from meshproxy.stats.config import StatsConfig
 
 COUNTER = "counter"
 GAUGE = "gauge"
+TEXT_READOUT = "text_readout"   # a string stat (``version_text``), printed quoted
 
 
 def _slot(name: str) -> str:
@@ -31,19 +32,24 @@ def _slot(name: str) -> str:
 
 
 def stat_block(class_name: str, counters: tuple[str, ...] = (), gauges: tuple[str, ...] = (),
-               extra: tuple[str, ...] = (), counter_maps: tuple[str, ...] = ()):
+               extra: tuple[str, ...] = (), counter_maps: tuple[str, ...] = (),
+               texts: tuple[str, ...] = ()):
     """Make a stat block class with the given counter and gauge names as int attributes.
     A dotted stat name (``main_thread.watchdog_miss``) is stored as ``main_thread__watchdog_miss``.
     ``extra`` adds non-stat slots; ``counter_maps`` adds dict slots of per-key counters (the
-    producer reports them through a store source, ``/reset_counters`` zeroes them)."""
+    producer reports them through a store source, ``/reset_counters`` zeroes them);
+    ``texts`` adds text readouts (strings, "" until set; used once set to something)."""
     c_slots = tuple((_slot(n), n) for n in counters)
     g_slots = tuple((_slot(n), n) for n in gauges)
+    t_slots = tuple((_slot(n), n) for n in texts)
     extra = tuple(extra) + tuple(counter_maps)
-    slots = tuple(s for s, _ in c_slots + g_slots) + ("_used",) + extra
+    slots = tuple(s for s, _ in c_slots + g_slots + t_slots) + ("_used",) + extra
 
     def __init__(self):
         for slot, _ in c_slots + g_slots:
             object.__setattr__(self, slot, 0)
+        for slot, _ in t_slots:
+            object.__setattr__(self, slot, "")
         self._used = set()
         for name in extra:
             object.__setattr__(self, name, None)
@@ -60,6 +66,9 @@ def stat_block(class_name: str, counters: tuple[str, ...] = (), gauges: tuple[st
             yield name, COUNTER, getattr(self, slot), (name in used) or None
         for slot, name in g_slots:
             yield name, GAUGE, getattr(self, slot), (name in used) or None
+        for slot, name in t_slots:
+            value = getattr(self, slot)
+            yield name, TEXT_READOUT, value, bool(value) or (name in used) or None
 
     def __repr__(self):
         nz = ", ".join(f"{n}={getattr(self, s)}" for s, n in c_slots + g_slots
@@ -159,6 +168,10 @@ class Store:
     @staticmethod
     def _merge(merged, full, kind, value, used):
         st = merged.get(full)
+        if kind == TEXT_READOUT:
+            if st is None or not st.value:
+                merged[full] = Stat(full, kind, value, bool(used))
+            return
         if st is None:
             merged[full] = Stat(full, kind, value, bool(used) or value != 0)
         else:

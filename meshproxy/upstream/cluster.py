@@ -132,7 +132,7 @@ class Cluster:
             self.stats.max_host_weight = 1
         if config.type == "STATIC":
             self.set_hosts([Host(self, e.address, e.hostname, e.weight, e.health_status,
-                                 e.priority, e.locality, e.metadata, e.unix)
+                                 e.priority, e.locality, e.metadata, e.unix, e.locality_weight)
                             for e in config.endpoints])
 
     def set_hosts(self, hosts: list[Host]) -> None:

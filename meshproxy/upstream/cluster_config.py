@@ -9,6 +9,7 @@ from meshproxy.config.errors import ConfigError, join
 from meshproxy.config.protos import duration, unpack_any, wrapped, UnknownExtension
 from meshproxy.upstream.lb_config import HashLbConfig, build_lb_settings
 from meshproxy.upstream.outlier_config import build_detector_config
+from meshproxy.upstream.transport_socket import build_socket_select
 
 CLUSTER_TYPES = {0: "STATIC", 1: "STRICT_DNS", 2: "LOGICAL_DNS", 3: "EDS", 4: "ORIGINAL_DST"}
 DNS_FAMILIES = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}
@@ -77,6 +78,8 @@ class ClusterConfig:
     cleanup_interval: float = 5.0
     # upstream_bind_config.extra_source_addresses: ((ip, port), ...) of the other IP family
     extra_source_addresses: tuple = ()
+    # TLS transport sockets (not built yet): which hosts fail closed (transport_socket.py)
+    socket_select: object = None
 
 
 def _thresholds(cb, path) -> tuple[Thresholds, Thresholds]:
@@ -129,7 +132,7 @@ def _endpoints(cla, path, ctype) -> tuple:
     for i, lle in enumerate(cla.endpoints):
         lpath = f"{join(path, 'endpoints')}[{i}]"
         loc = (lle.locality.region, lle.locality.zone, lle.locality.sub_zone)
-        lw = wrapped(lle, "load_balancing_weight", 1)
+        lw = wrapped(lle, "load_balancing_weight", 0)   # unset: 0, as Envoy dumps it
         for j, lbe in enumerate(lle.lb_endpoints):
             epath = f"{join(lpath, 'lb_endpoints')}[{j}]"
             if lbe.WhichOneof("host_identifier") != "endpoint":
@@ -217,7 +220,6 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
             if e.unix:
                 raise ConfigError(join(path, "load_assignment"),
                                   "DNS clusters cannot have pipe endpoints")
-    _check_transport_socket(c, path)
     default_th, high_th = _thresholds(c.circuit_breakers, join(path, "circuit_breakers"))
 
     # HTTP protocol options: the typed extension (what Istio sends) or the deprecated fields.
@@ -287,6 +289,7 @@ def build_cluster_config(c, path: str) -> ClusterConfig:
         update_merge_window_ms=_merge_window(clb, join(path, "common_lb_config")),
         outlier=build_detector_config(c.outlier_detection, join(path, "outlier_detection"))
         if c.HasField("outlier_detection") else None,
+        socket_select=build_socket_select(c, c.name, path),
         **_original_dst(c, ctype, path),
     )
 
@@ -322,22 +325,3 @@ def _original_dst(c, ctype, path) -> dict:
         odst_port_override=port,
         cleanup_interval=duration(c, "cleanup_interval", 5.0) or 5.0,
     )
-
-
-RAW_BUFFER = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
-
-
-def _check_transport_socket(c, path):
-    """Fail closed: a cluster that asks for TLS must not be served in plaintext."""
-    if c.HasField("transport_socket"):
-        ts = c.transport_socket
-        url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
-        if url and url != RAW_BUFFER:
-            raise ConfigError(join(path, "transport_socket"),
-                              f"transport socket {url} is not supported by meshproxy yet")
-    for i, m in enumerate(c.transport_socket_matches):
-        ts = m.transport_socket
-        url = ts.typed_config.type_url.rsplit("/", 1)[-1] if ts.HasField("typed_config") else ""
-        if url and url != RAW_BUFFER:
-            raise ConfigError(f"{join(path, 'transport_socket_matches')}[{i}].transport_socket",
-                              f"transport socket {url} is not supported by meshproxy yet")

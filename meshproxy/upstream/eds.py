@@ -39,6 +39,15 @@ def apply_load_assignment(cluster, cla, path: str = "") -> None:
     """Install an assignment on ``cluster`` (an EDS cluster). Validation happens first: a bad
     assignment changes nothing."""
     endpoints = check_load_assignment(cla, path)
-    cluster.set_hosts([Host(cluster, e.address, e.hostname, e.weight, e.health_status,
-                            e.priority, e.locality, e.metadata, e.unix) for e in endpoints])
+    # An address listed twice is one host, the first (upstream_impl.cc updateDynamicHostList:
+    # "a bad EDS implementation could do the same thing"; checked against Envoy 1.40's dump).
+    seen = set()
+    hosts = []
+    for e in endpoints:
+        if (e.address, e.unix) in seen:
+            continue
+        seen.add((e.address, e.unix))
+        hosts.append(Host(cluster, e.address, e.hostname, e.weight, e.health_status,
+                          e.priority, e.locality, e.metadata, e.unix, e.locality_weight))
+    cluster.set_hosts(hosts)
     cluster.initialized = True

@@ -28,6 +28,7 @@ import logging
 from meshproxy.upstream.cluster_config import source_ip_for
 from meshproxy.upstream.h1_connection import (CONNECT_TIMEOUT, CONNECTION_FAILURE, OVERFLOW,
                                               UpstreamH1Connection)
+from meshproxy.upstream.transport_socket import check_host
 
 log = logging.getLogger("meshproxy.pool")
 
@@ -194,6 +195,7 @@ class H1Pool:
         cfg = self.cluster.config
         conn = UpstreamH1Connection(self)
         try:
+            check_host(cfg, host)   # TLS-only hosts fail closed (upstream/transport_socket.py)
             if host.unix:
                 coro = self.loop.create_unix_connection(lambda: conn, host.address)
             else:

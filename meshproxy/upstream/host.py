@@ -25,12 +25,13 @@ class Host:
 
     __slots__ = ("cluster", "address", "hostname", "weight", "health_status", "priority",
                  "locality", "metadata", "stats", "pool", "address_bytes", "address_str",
-                 "outlier_ejected", "outlier", "unix")
+                 "outlier_ejected", "outlier", "unix", "locality_weight")
 
     def __init__(self, cluster, address, hostname: str = "", weight: int = 1,
                  health_status: int = UNKNOWN, priority: int = 0, locality=None, metadata=None,
-                 unix: bool = False):
+                 unix: bool = False, locality_weight: int = 0):
         self.cluster = cluster
+        self.locality_weight = locality_weight    # LocalityLbEndpoints.load_balancing_weight
         self.address = address
         self.unix = unix
         self.hostname = hostname

@@ -77,6 +77,7 @@ class ClusterManager:
         cluster.cm_stats = self.stats
         if old is not None:
             # over CDS the old version drains (make-before-break); a static one never changes
+            _carry_counters(old.stats, cluster.stats)
             self.remove(config.name, modified=True, drain=added_via_api)
             self.stats.cluster_modified += 1
         else:
@@ -130,3 +131,13 @@ class ClusterManager:
 
     def __repr__(self):
         return f"<ClusterManager {len(self.clusters)} clusters>"
+
+
+def _carry_counters(old, new) -> None:
+    """A cluster modified over CDS keeps counting where the old version stopped: Envoy's new
+    ClusterInfo finds the same ``cluster.<name>.*`` counters in the store, while the per-code
+    ones (``upstream_rq_200``, ...) and the gauges start afresh (checked against Envoy 1.40:
+    tests/xds/test_cluster_modify_stats.py)."""
+    for slot in type(old).COUNTERS:
+        setattr(new, slot, getattr(new, slot) + getattr(old, slot))
+    new.mark_used(*(n for n, kind, _, used in old.items() if used and kind == "counter"))

@@ -48,13 +48,20 @@ class ServerApplier:
         self.rds_stats: dict[str, object] = {}      # route configuration name -> RdsStats
         self.gave_up: set[str] = set()              # route configurations that timed out
         self.assignments: dict[str, object] = {}   # EDS service name -> ClusterLoadAssignment
+        self._eds_index: dict | None = None        # EDS service name -> [EdsStats]
 
     def eds_stats_for(self, service_name: str) -> list:
-        from meshproxy.upstream.eds import eds_service_name
-        cm = self.ctx.cluster_manager
-        return [st for name, st in self.eds_stats.items()
-                if name in cm.clusters and eds_service_name(cm.clusters[name].config) ==
-                service_name]
+        # Indexed once per cluster change: a 1000-cluster EDS response asks for every name
+        # (a scan per name made re-pushes quadratic: benchmarks/xds_push.py).
+        if self._eds_index is None:
+            from meshproxy.upstream.eds import eds_service_name
+            cm = self.ctx.cluster_manager
+            index: dict[str, list] = {}
+            for name, st in self.eds_stats.items():
+                if name in cm.clusters:
+                    index.setdefault(eds_service_name(cm.clusters[name].config), []).append(st)
+            self._eds_index = index
+        return self._eds_index.get(service_name, [])
 
     def rds_stats_for(self, name: str) -> list:
         st = self.rds_stats.get(name)
@@ -82,6 +89,7 @@ class ServerApplier:
         from meshproxy.upstream.cluster_config import build_cluster_config
         from meshproxy.upstream.eds import apply_load_assignment, eds_service_name
         cm = self.ctx.cluster_manager
+        self._eds_index = None
         for r in accepted:
             cfg = build_cluster_config(r.message, f"Cluster {r.name}")
             cluster = cm.add(cfg, added_via_api=True)
@@ -109,11 +117,15 @@ class ServerApplier:
     def _endpoints(self, accepted, removed) -> None:
         from meshproxy.upstream.eds import apply_load_assignment, eds_service_name
         cm = self.ctx.cluster_manager
+        by_service: dict[str, list] = {}
+        if accepted:
+            for cluster in list(cm.clusters.values()):
+                if cluster.config.type == "EDS":
+                    by_service.setdefault(eds_service_name(cluster.config), []).append(cluster)
         for r in accepted:
             self.assignments[r.name] = r.message
-            for cluster in list(cm.clusters.values()):
-                if cluster.config.type == "EDS" and eds_service_name(cluster.config) == r.name:
-                    apply_load_assignment(cluster, r.message, f"ClusterLoadAssignment {r.name}")
+            for cluster in by_service.get(r.name, ()):
+                apply_load_assignment(cluster, r.message, f"ClusterLoadAssignment {r.name}")
         for name in removed:
             self.assignments.pop(name, None)
 

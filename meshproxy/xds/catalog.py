@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 
 from meshproxy.config.errors import ConfigError
+from meshproxy.listener.config import filter_chain_only_change
 from meshproxy.xds import types as T
 from meshproxy.xds import validate as V
 from meshproxy.xds.resources import CONNECTION, Failure, Handler, IgnoreHandler, Update
@@ -42,11 +43,15 @@ MANAGED = (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE, T.SECRET)
 
 
 class Catalog:
-    def __init__(self, mux, *, validator=V.validate, on_update=None, on_ready=None):
+    def __init__(self, mux, *, validator=V.validate, on_update=None, on_ready=None,
+                 cluster_names=None):
         """``mux``: an ``AdsMux`` (or ``AdsClient``, anything with subscribe/set_names/pause).
         ``on_update(type_url, accepted: list[Resource], removed: list[str])`` sees every change
-        that was applied; ``on_ready()`` fires once, when initialisation completes."""
+        that was applied; ``on_ready()`` fires once, when initialisation completes;
+        ``cluster_names()`` are the clusters a route configuration may name when it sets
+        ``validate_clusters`` (default: those from CDS)."""
         self.mux = mux
+        self.cluster_names = cluster_names or (lambda: self.resources[T.CLUSTER].keys())
         self.validator = validator
         self.on_update = on_update
         self.on_ready = on_ready
@@ -61,6 +66,12 @@ class Catalog:
         self._cds_pause = None
         self._gave_up = {T.ENDPOINT: set(), T.ROUTE: set()}
         self._want_lds = True
+        self.unchanged: set[str] = set()   # names the last apply found identical (skipped)
+        # EDS/RDS name -> when it was first watched (Envoy's SotW watch order, see apply)
+        self._order: dict[str, dict[str, int]] = {T.ENDPOINT: {}, T.ROUTE: {}}
+        self._seq = 0
+        self._delta = getattr(getattr(mux, "mux", mux), "delta", False)
+        self.in_place: set[str] = set()    # listeners the last apply changed in chains only
 
     def handlers(self) -> dict:
         h = {t: _CatalogHandler(self, t) for t in MANAGED}
@@ -80,17 +91,43 @@ class Catalog:
 
     def apply(self, type_url: str, update: Update) -> dict[str, str]:
         store = self.resources[type_url]
-        before = dict(store) if type_url == T.LISTENER else {}
+        before = dict(store) if type_url in (T.LISTENER, T.ROUTE) else {}
         errors, accepted = {}, []
-        for r in update.added:
+        self.unchanged = set()
+        added = update.added
+        in_turn = type_url in self._order and not self._delta
+        if in_turn:
+            # Envoy's SotW mux hands an EDS or RDS response to each watch in turn, newest
+            # subscription first (GrpcMuxImpl: ``watches_`` grows at the front), and stops at
+            # the first that throws: those before it keep their update, the rest do not. Over
+            # delta each is applied or refused on its own. (Observed with Envoy 1.40:
+            # tests/xds/test_rds_validate_clusters.py, test_eds_rejection.py.)
+            order = self._order[type_url]
+            added = sorted(added, key=lambda r: -order.get(r.name, 0))
+        for r in added:
+            if errors and in_turn:
+                break
+
+            old = store.get(r.name)
+            if old is not None and old.message == r.message:
+                self.unchanged.add(r.name)
+                # The same resource again (every SotW response carries them all): nothing to
+                # do, as Envoy skips a cluster, listener or route configuration whose hash is
+                # unchanged (addOrUpdateCluster, addOrUpdateListener "duplicate listener",
+                # RouteConfigUpdateReceiverImpl::onRdsUpdate).
+                continue
             try:
                 self.validator(type_url, r.message)
+                if type_url == T.ROUTE:
+                    V.route_clusters(r.message, self.cluster_names())
             except ConfigError as exc:
                 errors[r.name] = str(exc)
                 continue
             store[r.name] = r
             accepted.append(r)
         previous = {r.name: old for r in accepted if (old := before.get(r.name)) is not None}
+        self.in_place = {n for n, old in previous.items() if type_url == T.LISTENER and
+                         self.ready and filter_chain_only_change(old.message, store[n].message)}
         removed = []
         for n in update.removed:
             old = store.pop(n, None)
@@ -115,8 +152,10 @@ class Catalog:
                 self.warming_clusters.discard(r.name)
         for n in removed:
             self.warming_clusters.discard(n)
-        names = {V.eds_service_name(r.message) for r in self.resources[T.CLUSTER].values()}
-        self._watch(T.ENDPOINT, names - {None})
+        names = [V.eds_service_name(r.message) for r in self.resources[T.CLUSTER].values()]
+        names = [n for n in names if n is not None]
+        self._note_order(T.ENDPOINT, names)
+        self._watch(T.ENDPOINT, set(names))
         self.cds_initialized = True
         self._maybe_clusters_initialized()
         self._update_cds_pause()
@@ -142,10 +181,19 @@ class Catalog:
     def _watch_routes(self) -> None:
         names = set()
         for r in self.resources[T.LISTENER].values():
-            names |= V.rds_names(r.message)
+            ordered = V.rds_names_in_order(r.message)
+            self._note_order(T.ROUTE, ordered)
+            names.update(ordered)
         for _, held in self.draining_listeners:
             names |= held
         self._watch(T.ROUTE, names)
+
+    def _note_order(self, type_url: str, ordered) -> None:
+        order = self._order[type_url]
+        for n in ordered:
+            if n not in order:
+                self._seq += 1
+                order[n] = self._seq
 
     def drained(self, listener_name: str) -> None:
         """The server reports that the old versions of a listener finished draining: their
@@ -161,6 +209,8 @@ class Catalog:
         if not names and not self.mux.names(type_url):
             return
         self.mux.set_names(type_url, names)
+        if type_url in self._order:
+            self._order[type_url] = {n: i for n, i in self._order[type_url].items() if n in names}
         store = self.resources[type_url]
         for n in [n for n in store if n not in names]:
             del store[n]

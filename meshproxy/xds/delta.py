@@ -179,7 +179,10 @@ class DeltaState:
         try:
             added, removed = self._decode(resp, seen)
             rejected = {}
-            if added or removed:
+            # An empty response still reaches a wildcard watch (CDS, LDS): a control plane with
+            # no listeners answers so, and Envoy 1.40 then initialises LDS and gets ready.
+            if added or removed or (self.wildcard and not resp.resources and
+                                    not resp.removed_resources):
                 rejected = apply(Update(self.type_url, resp.system_version_info, tuple(added),
                                         tuple(removed))) or {}
         except Exception as exc:  # noqa: BLE001 - any failure is this response's NACK

@@ -105,6 +105,14 @@ def rejection_message(type_url: str, errors: dict[str, str]) -> str:
     """Envoy's wording for a partly rejected update: "Error adding/updating cluster(s) a: why,
     b: why" (cds_api_helper.cc, lds_api.cc)."""
     kind = T.KIND_NAMES.get(type_url, "resource")
+    if type_url in (T.ROUTE, T.ENDPOINT):
+        # EDS, RDS: each resource is its own subscription in Envoy, and the NACK says what the
+        # first refused one threw, without a prefix (checked against Envoy 1.40)
+        return next(iter(errors.values()))
+    if type_url == T.LISTENER:
+        # lds_api.cc appends "{name}: {error}\n" per listener (checked against Envoy 1.40)
+        return f"Error adding/updating {kind}(s) " + "".join(f"{n}: {e}\n"
+                                                             for n, e in errors.items())
     return f"Error adding/updating {kind}(s) " + ", ".join(f"{n}: {e}" for n, e in errors.items())
 
 

@@ -15,6 +15,7 @@ def start_ads(ctx, dyn, node):
     from meshproxy.router.rds import RdsRegistry
     from meshproxy.xds.ads_client import AdsClient
     from meshproxy.xds.apply import ServerApplier
+    from meshproxy.xds import validate as V
     from meshproxy.xds.catalog import Catalog
 
     loop = ctx.loop
@@ -35,8 +36,16 @@ def start_ads(ctx, dyn, node):
     applier = ServerApplier(ctx, ctx.rds, on_listener=on_listener, started=ready.done,
                             on_drained=lambda name: catalog.drained(name),
                             set_fetch_timeout=client.mux.set_fetch_timeout)
-    catalog = Catalog(client, on_update=applier.on_update, on_ready=on_ready)
-    client.mux.handlers.update(_counted(ctx, catalog.handlers(), client, applier,
+    def validator(type_url, msg):
+        try:
+            V.validate(type_url, msg)
+        except V.BindFailure:
+            ctx.listener_manager.stats.listener_create_failure += 1
+            raise
+
+    catalog = Catalog(client, validator=validator, on_update=applier.on_update,
+                      on_ready=on_ready, cluster_names=lambda: ctx.cluster_manager.clusters.keys())
+    client.mux.handlers.update(_counted(ctx, catalog, client, applier,
                                         dyn.ads.api_type == "DELTA_GRPC"))
     ctx.xds = (client, catalog, applier)
     client.start()
@@ -45,23 +54,28 @@ def start_ads(ctx, dyn, node):
     return ready
 
 
-def _counted(ctx, handlers: dict, client, applier, delta: bool) -> dict:
+def _counted(ctx, catalog, client, applier, delta: bool) -> dict:
     """The catalog's handlers wrapped with Envoy's subscription stats and the version record
     ``/config_dump`` reads."""
+    handlers = catalog.handlers()
     for type_url, prefix, cls in ((T.CLUSTER, "cluster_manager.cds.", xs.CdsStats),
                                   (T.LISTENER, "listener_manager.lds.", xs.SubscriptionStats)):
         st = xs.new_stats(cls)
         ctx.store.register(prefix, st)
-        handlers[type_url] = xs.CountingHandler(handlers[type_url], st, delta)
-    handlers[T.ENDPOINT] = xs.PerNameCounting(handlers[T.ENDPOINT], applier.eds_stats_for, delta)
-    handlers[T.ROUTE] = xs.PerNameCounting(handlers[T.ROUTE], applier.rds_stats_for, delta)
+        handlers[type_url] = xs.CountingHandler(handlers[type_url], st, delta,
+                                                unchanged=lambda: catalog.unchanged)
+    for type_url, stats_for in ((T.ENDPOINT, applier.eds_stats_for),
+                                (T.ROUTE, applier.rds_stats_for)):
+        handlers[type_url] = xs.PerNameCounting(handlers[type_url], stats_for, delta,
+                                                unchanged=lambda: catalog.unchanged)
     cps = xs.ControlPlaneStats()
-    cps.mark_used("connected_state", "pending_requests", "rate_limit_enforced")
     ctx.store.register("control_plane.", cps)
     client.connected_changed = lambda up: setattr(cps, "connected_state", int(up))
     ctx.xds_record = {}
     for type_url in (T.CLUSTER, T.ENDPOINT, T.LISTENER, T.ROUTE):
         handlers[type_url] = xs.VersionRecorder(
             handlers[type_url], ctx.xds_record,
-            on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None)
+            on_timeout=applier.routes_timed_out if type_url == T.ROUTE else None,
+            unchanged=lambda: catalog.unchanged,
+            in_place=(lambda: catalog.in_place) if type_url == T.LISTENER else (lambda: ()))
     return handlers

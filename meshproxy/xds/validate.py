@@ -10,7 +10,8 @@ refused over xDS for exactly the reasons it would be refused in ``static_resourc
   checked when RDS delivers them. When the server integrates xDS it will build listeners with
   its ``router.rds.RdsRegistry`` and this copy goes away;
 - RouteConfiguration: ``router.route_config.build_route_table`` (RDS does not validate cluster
-  names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS);
+  names unless the route configuration asks: ``validate_clusters`` defaults to false for RDS;
+  ``route_clusters`` checks them against the cluster manager's names when it does);
 - Secret: decoded only (TLS comes later).
 
 Errors are ``ConfigError``s whose path starts at the resource.
@@ -52,12 +53,51 @@ def _listener(lst) -> None:
     if not lst.name:
         raise ConfigError("name", "value length must be at least 1 characters")
     copy, _ = inline_rds(lst)
-    build_listener_config(copy, "")
+    cfg = build_listener_config(copy, "")
+    if cfg.bind_to_port and not (cfg.freebind or cfg.transparent):
+        for a in cfg.addresses:
+            _check_assignable(a)
+
+
+class BindFailure(ConfigError):
+    """A listener whose socket cannot be made (Envoy also counts listener_create_failure)."""
+
+
+def _check_assignable(a) -> None:
+    """Envoy binds a listener's sockets while adding it (ListenSocketFactoryImpl, main thread),
+    so an address the host does not have is a rejection of that listener: ``cannot bind
+    '10.1.2.3:8080': Cannot assign requested address`` (checked against Envoy 1.40). meshproxy
+    binds later, when the listener activates; here it asks the kernel whether the IP is
+    assignable (a bind to port 0), which is what a pod-IP listener from a real dump hits.
+    A port already in use is still found only at activation (logged, listener_create_failure)."""
+    import errno
+    import socket
+    if a.unix or a.address[0] in ("0.0.0.0", "::"):
+        return
+    family = socket.AF_INET6 if ":" in a.address[0] else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        s.bind((a.address[0], 0))
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise BindFailure("", f"cannot bind '{a.text}': {exc.strerror}") from None
+    finally:
+        s.close()
 
 
 def _route(rc) -> None:
     from meshproxy.router.route_config import build_route_table
     build_route_table(rc, "", validate_clusters=False)
+
+
+def route_clusters(rc, cluster_names) -> None:
+    """A route configuration that sets ``validate_clusters`` (false by default over RDS) names
+    only clusters the cluster manager has, static or from CDS, else it is rejected:
+    ``route: unknown weighted cluster 'ghost'`` (checked against Envoy 1.40,
+    tests/xds/test_rds_validate_clusters.py)."""
+    from meshproxy.router.route_config import build_route_table
+    if rc.HasField("validate_clusters") and rc.validate_clusters.value:
+        build_route_table(rc, "", cluster_names=frozenset(cluster_names))
 
 
 _VALIDATORS = {T.CLUSTER: _cluster, T.ENDPOINT: _endpoints, T.LISTENER: _listener,
@@ -91,8 +131,16 @@ def _hcms(lst):
 
 def rds_names(lst) -> set[str]:
     """The route configurations the listener's HCMs fetch over RDS."""
-    return {hcm.rds.route_config_name for _, hcm in _hcms(lst)
-            if hcm.WhichOneof("route_specifier") == "rds"}
+    return set(rds_names_in_order(lst))
+
+
+def rds_names_in_order(lst) -> list[str]:
+    """The same, in filter chain order (the order Envoy subscribes to them)."""
+    out = []
+    for _, hcm in _hcms(lst):
+        if hcm.WhichOneof("route_specifier") == "rds" and hcm.rds.route_config_name not in out:
+            out.append(hcm.rds.route_config_name)
+    return out
 
 
 def inline_rds(lst):

@@ -29,10 +29,9 @@ EXPECTED = {
     "istio-bootstrap/auth_golden.json": None,
     "istio-bootstrap/stats_inclusion_golden.json": None,
     "istio-bootstrap/tracing_zipkin_golden.json": None,
-    # envoy_metrics_service talks TLS; meshproxy has no TLS yet and will not downgrade to
-    # plaintext (fail closed).
-    "istio-bootstrap/all_golden.json": ("static_resources.clusters[5].transport_socket",
-                                        "UpstreamTlsContext is not supported"),
+    # envoy_metrics_service talks TLS; meshproxy has no TLS yet: the cluster is accepted as
+    # Envoy accepts it and its connections fail closed (upstream/transport_socket.py).
+    "istio-bootstrap/all_golden.json": None,
     "envoyproxy_examples__zipkin__envoy-1.yaml": None,
     "envoyproxy_examples__dynamic-config-cp__envoy.yaml": None,
 }
@@ -70,7 +69,7 @@ def test_validate_mode_exit_codes_match_expectations():
 
 @pytest.mark.oracle
 def test_envoy_accepts_them_all():
-    """Envoy 1.40 accepts every one of these (our one refusal is TLS, not yet built)."""
+    """Envoy 1.40 accepts every one of these, as meshproxy does."""
     envoy = find_envoy()
     if envoy is None:
         pytest.skip("Envoy oracle not installed (./scripts/test installs it)")

@@ -155,7 +155,7 @@ def test_invalid_listener_and_route_are_refused_by_the_static_translation():
     h.push(T.LISTENER, "l2", B.listener("http", "route1"), bad_listener)
     [nack] = h.mux.take_requests()
     assert nack.error_detail.message == ("Error adding/updating listener(s) http2: "
-                                         "address.socket_address.protocol: only TCP is supported")
+                                         "address.socket_address.protocol: only TCP is supported\n")
     bad_route = B.route("route1", "backend")
     bad_route["virtual_hosts"][0]["domains"] = []
     h.push(T.ROUTE, "r2", bad_route)

@@ -274,14 +274,6 @@ def test_control_plane_stats_as_envoy(delta):
     assert stats_scenario("envoy", delta) == mine
 
 
-def _strip_times(x):
-    if isinstance(x, dict):
-        return {k: _strip_times(v) for k, v in x.items() if k != "last_updated"}
-    if isinstance(x, list):
-        return [_strip_times(v) for v in x]
-    return x
-
-
 @pytest.mark.parametrize("delta", [True, False], ids=["delta", "sotw"])
 def test_config_dump_of_dynamic_resources_as_envoy(delta):
     """/config_dump?include_eds lists the clusters, endpoints, listeners and route
@@ -314,6 +306,6 @@ def test_config_dump_of_dynamic_resources_as_envoy(delta):
     assert [c["cluster"]["name"] for c in mine["ClustersConfigDump"]["dynamic_active_clusters"]] \
         == ["other", "svc"]
     for kind in ("ClustersConfigDump", "ListenersConfigDump", "RoutesConfigDump"):
-        assert _strip_times(mine[kind]) == _strip_times(envoy[kind]), kind
-    assert _strip_times(mine["EndpointsConfigDump"]["dynamic_endpoint_configs"]) == \
-        _strip_times(envoy["EndpointsConfigDump"]["dynamic_endpoint_configs"])
+        assert B.untimed(mine[kind]) == B.untimed(envoy[kind]), kind
+    assert B.untimed(mine["EndpointsConfigDump"]["dynamic_endpoint_configs"]) == \
+        B.untimed(envoy["EndpointsConfigDump"]["dynamic_endpoint_configs"])
